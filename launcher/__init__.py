@@ -1,0 +1,1 @@
+"""lguest-harness launcher: guest memory -> virtqueue -> device -> transport -> hypervisor."""

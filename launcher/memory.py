@@ -1,0 +1,128 @@
+"""Guest-physical memory: one anonymous mapping between two PROT_NONE guard pages.
+
+Every access to guest memory in the launcher goes through GuestMemory, so there is
+exactly one bounds check: a guest-supplied (address, length) pair is refused when it
+leaves guest memory or wraps around, before any byte is touched.  The guard pages
+turn a bug that slips past it into a crash rather than a silent write elsewhere.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+
+from launcher.errors import GuestMemoryError, OutsideGuestMemory
+
+PAGE_SIZE = mmap.PAGESIZE
+PROT_NONE = 0
+
+U8 = struct.Struct("<B")
+U16 = struct.Struct("<H")
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def _protect_none(address: int, length: int) -> None:
+    if _libc.mprotect(address, length, PROT_NONE) != 0:
+        err = ctypes.get_errno()
+        raise GuestMemoryError(f"mprotect of guard page at {address:#x} failed: errno {err}")
+
+
+class GuestMemory:
+    """Guest RAM of `size` bytes; guest-physical address 0 is the first byte."""
+
+    def __init__(self, size: int):
+        if size <= 0 or size % PAGE_SIZE:
+            raise GuestMemoryError(f"guest memory size {size:#x} is not a positive multiple of {PAGE_SIZE:#x}")
+        self.size = size
+        self._map = mmap.mmap(-1, size + 2 * PAGE_SIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        anchor = ctypes.c_char.from_buffer(self._map)
+        base = ctypes.addressof(anchor)
+        del anchor  # a live ctypes view would keep the mapping from closing
+        _protect_none(base, PAGE_SIZE)
+        _protect_none(base + PAGE_SIZE + size, PAGE_SIZE)
+        self.host_address = base + PAGE_SIZE
+        self._mem = memoryview(self._map)[PAGE_SIZE:PAGE_SIZE + size]
+
+    # -- the one door ---------------------------------------------------------
+    def check(self, addr: int, length: int) -> None:
+        """Refuse a range that is not wholly inside guest memory."""
+        if addr < 0 or length < 0 or addr + length > self.size:
+            raise OutsideGuestMemory(addr, length, self.size)
+
+    def contains(self, addr: int, length: int) -> bool:
+        return 0 <= addr and 0 <= length and addr + length <= self.size
+
+    def view(self, addr: int, length: int) -> memoryview:
+        """A zero-copy, writable view of guest memory."""
+        self.check(addr, length)
+        return self._mem[addr:addr + length]
+
+    def read(self, addr: int, length: int) -> bytes:
+        self.check(addr, length)
+        return bytes(self._mem[addr:addr + length])
+
+    def write(self, addr: int, data) -> None:
+        length = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self.check(addr, length)
+        self._mem[addr:addr + length] = data
+
+    def fill(self, addr: int, length: int, value: int = 0) -> None:
+        self.check(addr, length)
+        self._map[PAGE_SIZE + addr:PAGE_SIZE + addr + length] = bytes([value]) * length
+
+    def unpack(self, layout: struct.Struct, addr: int) -> tuple:
+        self.check(addr, layout.size)
+        return layout.unpack_from(self._mem, addr)
+
+    def pack(self, layout: struct.Struct, addr: int, *values) -> None:
+        self.check(addr, layout.size)
+        layout.pack_into(self._mem, addr, *values)
+
+    def strnlen(self, addr: int, limit: int) -> int:
+        """Length of the NUL-terminated string at addr, never looking past limit or RAM."""
+        self.check(addr, 0)
+        end = min(self.size, addr + limit)
+        idx = self._map.find(b"\0", PAGE_SIZE + addr, PAGE_SIZE + end)
+        return (end if idx < 0 else idx - PAGE_SIZE) - addr
+
+    # -- little-endian scalars -------------------------------------------------
+    def read_u8(self, addr: int) -> int:
+        return self.unpack(U8, addr)[0]
+
+    def read_u16(self, addr: int) -> int:
+        return self.unpack(U16, addr)[0]
+
+    def read_u32(self, addr: int) -> int:
+        return self.unpack(U32, addr)[0]
+
+    def read_u64(self, addr: int) -> int:
+        return self.unpack(U64, addr)[0]
+
+    def write_u8(self, addr: int, value: int) -> None:
+        self.pack(U8, addr, value)
+
+    def write_u16(self, addr: int, value: int) -> None:
+        self.pack(U16, addr, value)
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.pack(U32, addr, value)
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.pack(U64, addr, value)
+
+    # -- life cycle --------------------------------------------------------------
+    def close(self) -> None:
+        if self._map.closed:
+            return
+        self._mem.release()
+        self._map.close()
+
+    def __enter__(self) -> "GuestMemory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

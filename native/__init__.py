@@ -1,0 +1,1 @@
+"""cffi bindings built against the system's own linux/*.h headers."""
