@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = {
     "bench": "harness.bench",
+    "kernel": "harness.kernel",
 }
 
 

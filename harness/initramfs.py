@@ -1,0 +1,82 @@
+"""The test guest's initramfs: busybox-static, a short /init, uncompressed newc cpio.
+
+Guest kernel code is emulated on kvm_pvm hosts (a fork+exec costs ~1 s), so /init
+does as little as it can: one `mount -a`, the ready marker, a shell.  The image is
+uncompressed because gunzip inside such a guest costs tens of seconds.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from harness.cpio import CpioWriter
+
+READY_MARKER = "lguest-harness: ready"
+PROMPT = "# "
+BUSYBOX = Path("/bin/busybox")
+
+FSTAB = """\
+proc     /proc proc     defaults 0 0
+sysfs    /sys  sysfs    defaults 0 0
+devtmpfs /dev  devtmpfs defaults 0 0
+tmpfs    /tmp  tmpfs    defaults 0 0
+"""
+
+DIRECTORIES = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp",
+               "root", "mnt", "var", "run")
+
+
+def default_init(commands: list[str] | tuple[str, ...] = ()) -> str:
+    """The /init script: mount, run `commands`, print the ready marker, then a shell."""
+    lines = [
+        "#!/bin/sh",
+        "export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root",
+        "mount -a",
+        *commands,
+        f'echo "{READY_MARKER}"',
+        f"exec setsid cttyhack env PS1='{PROMPT}' sh",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
+    if not busybox.exists():
+        raise FileNotFoundError(f"{busybox} is missing: apt-get install busybox-static")
+    listing = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True)
+    return [name for name in listing.stdout.split() if name != "busybox"]
+
+
+def _data(content) -> bytes:
+    if isinstance(content, Path):
+        return content.read_bytes()
+    return content.encode() if isinstance(content, str) else bytes(content)
+
+
+def build_initramfs(dest: Path, *, extra_files: dict | None = None, init_script: str | None = None,
+                    commands: tuple[str, ...] = ()) -> Path:
+    """Write the initramfs to dest and return dest.
+
+    extra_files maps a guest path to bytes, str or a host Path (copied with mode 0755
+    when the host file is executable).  init_script replaces /init entirely;
+    commands are shell lines the default /init runs before the ready marker.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        cpio = CpioWriter(out)
+        for name in DIRECTORIES:
+            cpio.directory(name)
+        cpio.char_device("dev/console", 5, 1)  # the kernel opens it before /init runs
+        cpio.char_device("dev/null", 1, 3, perm=0o666)
+        cpio.file("bin/busybox", BUSYBOX.read_bytes(), perm=0o755)
+        for applet in busybox_applets():
+            cpio.symlink(f"bin/{applet}", "busybox")
+        cpio.file("etc/fstab", FSTAB.encode())
+        cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        cpio.file("etc/group", b"root:x:0:\n")
+        cpio.file("init", (init_script or default_init(commands)).encode(), perm=0o755)
+        for guest_path, content in (extra_files or {}).items():
+            executable = isinstance(content, Path) and content.stat().st_mode & 0o111
+            cpio.file(guest_path, _data(content), perm=0o755 if executable else 0o644)
+        cpio.close()
+    return dest
