@@ -1,0 +1,123 @@
+"""Drive a guest's console with pexpect: commands with exit status, a kept serial log.
+
+`Guest.run("cmd")` frames the command between two unique markers so prompts and
+kernel messages never confuse it; the markers are built from quoted pieces, so the
+terminal's echo of the command line never matches them.
+"""
+from __future__ import annotations
+
+import io
+import re
+import secrets
+from dataclasses import dataclass
+
+import pexpect
+
+from harness.initramfs import PROMPT, READY_MARKER
+
+TAIL_CHARS = 2000
+
+
+class GuestError(AssertionError):
+    """The guest did not do what the test asked; the message ends with the console's tail."""
+
+
+class GuestTimeout(GuestError):
+    pass
+
+
+class GuestExited(GuestError):
+    pass
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    output: str
+    status: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class SerialLog(io.StringIO):
+    """Everything the guest printed; pexpect writes into it as it reads."""
+
+    def tail(self, chars: int = TAIL_CHARS) -> str:
+        return self.getvalue()[-chars:]
+
+
+class Guest:
+    """A running guest behind a pexpect child (usually `lguest-harness boot`)."""
+
+    def __init__(self, child: pexpect.spawn, name: str = "guest", prompt: str = PROMPT):
+        self.child = child
+        self.name = name
+        self.prompt = prompt
+        self.serial = SerialLog()
+        child.logfile_read = self.serial
+        self.exit_status: int | None = None
+
+    # -- pexpect passthrough, with readable failures ------------------------------------
+    def expect(self, pattern, timeout: float = 60) -> int:
+        """Wait for pattern (or a list of them); returns the index matched."""
+        try:
+            return self.child.expect(pattern, timeout=timeout)
+        except pexpect.TIMEOUT:
+            raise self._failure(GuestTimeout, f"timed out after {timeout} s waiting for {pattern!r}") from None
+        except pexpect.EOF:
+            self._reap()
+            raise self._failure(GuestExited, f"launcher exited (status {self.exit_status}) "
+                                f"while waiting for {pattern!r}") from None
+
+    def sendline(self, line: str = "") -> None:
+        self.child.sendline(line)
+
+    def interact(self) -> None:
+        self.child.interact()
+
+    @property
+    def serial_log(self) -> str:
+        return self.serial.getvalue()
+
+    # -- commands ---------------------------------------------------------------------------
+    def wait_ready(self, timeout: float = 180) -> None:
+        self.expect(re.escape(READY_MARKER), timeout)
+        self.expect(re.escape(self.prompt), 30)
+
+    def run(self, command: str, timeout: float = 60) -> CommandResult:
+        """Run one shell line in the guest; returns its output (\\n line ends) and exit status."""
+        token = secrets.token_hex(4)
+        begin, end = f"LH{token}B", f"LH{token}E"
+        self.sendline(f"echo LH{token}''B; {command}; echo LH{token}''E:$?")
+        self.expect(re.escape(begin) + r"\r?\n", timeout)
+        self.expect(re.escape(end) + r":(\d+)", timeout)
+        output = self.child.before.replace("\r\n", "\n")
+        status = int(self.child.match.group(1))
+        self.expect(re.escape(self.prompt), timeout)
+        return CommandResult(output, status)
+
+    def poweroff(self, timeout: float = 60) -> int:
+        """`poweroff -f` in the guest; returns the launcher's exit status."""
+        self.sendline("poweroff -f")
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        self.expect(pexpect.EOF, timeout)
+        return self._reap()
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+        self._reap()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _reap(self) -> int | None:
+        if self.exit_status is None and not self.child.isalive():
+            self.child.close()
+            status = self.child.exitstatus
+            self.exit_status = status if status is not None else 128 + (self.child.signalstatus or 0)
+        return self.exit_status
+
+    def _failure(self, kind, what: str) -> GuestError:
+        return kind(f"{self.name}: {what}\n--- console tail ---\n{self.serial.tail()}")
