@@ -1,0 +1,1 @@
+"""Threads and file descriptors: the only place the launcher keeps them (style anchor 5)."""

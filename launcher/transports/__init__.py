@@ -1,0 +1,1 @@
+"""Transports: how a guest finds devices and talks to them (lguest bus page, virtio-mmio)."""
