@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = {
     "bench": "harness.bench",
+    "boot": "launcher.cli",
     "kernel": "harness.kernel",
 }
 

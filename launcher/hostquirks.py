@@ -1,0 +1,106 @@
+"""Everything specific to unusual KVM hosts, in one place.
+
+Today that is kvm_pvm (a KVM served from inside a VM, with shadow paging and an
+instruction emulator for guest kernel code): see shared/reference/kvm-host-notes.md.
+Each quirk is data: the kernel option that works around it and why, or an
+instruction the emulator rejects with the remedy that is known to help.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+PVM_MODULE = Path("/sys/module/kvm_pvm")
+
+
+class HostKind(enum.Enum):
+    KVM = "kvm"
+    KVM_PVM = "kvm_pvm"
+
+
+def detect_host(module_path: Path = PVM_MODULE) -> HostKind:
+    return HostKind.KVM_PVM if module_path.exists() else HostKind.KVM
+
+
+@dataclass(frozen=True)
+class KernelOption:
+    key: str
+    value: str | None
+    reason: str
+
+    def render(self) -> str:
+        return self.key if self.value is None else f"{self.key}={self.value}"
+
+
+PVM_OPTIONS = (
+    KernelOption("noxsave", None, "kvm_pvm cannot emulate xrstor in guest kernel code"),
+    KernelOption("clearcpuid", "smap,popcnt", "kvm_pvm cannot emulate clac/stac or popcnt; CPUID masking has no effect"),
+    KernelOption("rodata", "off", "as the measured kvm_pvm boot used"),
+    KernelOption("kvm_pvm_quirks", None,
+                 "enables the guest patch's syscall workaround: kvm_pvm mis-delivers the first user-space syscall"),
+)
+
+
+def kernel_options(host: HostKind, tsc_khz: int | None) -> list[KernelOption]:
+    """Options to add to the guest command line for this host."""
+    options = []
+    if tsc_khz:
+        options.append(KernelOption(
+            "tsc_early_khz", str(tsc_khz), "KVM_GET_TSC_KHZ; TSC calibration against the PIT fails when port I/O is slow"))
+    if host is HostKind.KVM_PVM:
+        options.extend(PVM_OPTIONS)
+    return options
+
+
+# -- instructions the kvm_pvm emulator rejects ---------------------------------------
+LEGACY_PREFIXES = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
+
+
+@dataclass(frozen=True)
+class KnownInstruction:
+    name: str
+    remedy: str
+
+
+_XSAVE_REMEDY = "boot the guest with noxsave (the launcher adds it on kvm_pvm hosts)"
+_PATCH_REMEDY = ("build the guest with the project's kvm_pvm compatibility patch and config "
+                 "(`lguest-harness kernel build`)")
+_INT3_REMEDY = ("int3 cannot run in guest kernel code here: disable JUMP_LABEL, KPROBES and FTRACE, and skip "
+                "Linux 6.1's int3 self-test (" + _PATCH_REMEDY + ")")
+
+
+def _modrm_reg(modrm: int) -> int:
+    return (modrm >> 3) & 7
+
+
+def decode(insn: bytes) -> tuple[str | None, KnownInstruction | None]:
+    """Name a rejected instruction from its bytes, if it is one of the known cases."""
+    i, prefixes = 0, set()
+    while i < len(insn) and insn[i] in LEGACY_PREFIXES:
+        prefixes.add(insn[i])
+        i += 1
+    if i < len(insn) and 0x40 <= insn[i] <= 0x4F:  # REX
+        i += 1
+    op = insn[i:]
+    if op[:1] == b"\xcc":
+        return "int3", KnownInstruction("int3", _INT3_REMEDY)
+    if op[:1] == b"\x9b":
+        return "fwait", KnownInstruction("fwait", "fwait in fpu__drop on the first exec: " + _PATCH_REMEDY)
+    if op[:3] in (b"\x0f\x01\xca", b"\x0f\x01\xcb"):
+        name = "clac" if op[2] == 0xCA else "stac"
+        return name, KnownInstruction(name, "boot the guest with clearcpuid=smap (added automatically on kvm_pvm)")
+    if op[:2] == b"\x0f\xb8" and 0xF3 in prefixes:
+        return "popcnt", KnownInstruction("popcnt", "boot the guest with clearcpuid=popcnt (added automatically on kvm_pvm)")
+    if op[:2] == b"\x0f\xc7" and len(op) > 2 and _modrm_reg(op[2]) == 1 and insn[i - 1:i] and 0x48 <= insn[i - 1] <= 0x4F:
+        name = "lock cmpxchg16b" if 0xF0 in prefixes else "cmpxchg16b"
+        return name, KnownInstruction(name, "use SLOB instead of SLUB in the guest config, or boot with clearcpuid=cx16")
+    if op[:2] == b"\x0f\xae" and len(op) > 2 and op[2] < 0xC0:
+        names = {4: "xsave", 5: "xrstor", 6: "xsaveopt"}
+        name = names.get(_modrm_reg(op[2]))
+        if name:
+            return name, KnownInstruction(name, _XSAVE_REMEDY)
+    if op[:2] == b"\x0f\xc7" and len(op) > 2 and op[2] < 0xC0 and _modrm_reg(op[2]) in (3, 5):
+        name = "xrstors" if _modrm_reg(op[2]) == 3 else "xsaves"
+        return name, KnownInstruction(name, _XSAVE_REMEDY)
+    return None, None

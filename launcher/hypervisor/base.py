@@ -1,0 +1,156 @@
+"""The hypervisor backend interface: the few operations the Launcher needs.
+
+A backend runs one guest.  The Launcher core (launcher/cli.py, and later the lguest
+device loop) drives it like this:
+
+    backend = open_backend("kvm", memory, console_out=sys.stdout.buffer.write)
+    layout = backend.boot_layout()                 # where the zero page and cmdline go
+    ... load kernel/initrd, write boot params at layout addresses ...
+    backend.initialize(BootSpec(entry=..., boot_params=layout.boot_params, kind=...))
+    while isinstance(event := backend.run(deadline), Notify):
+        ... hand event.addr to the device that owns it ...
+    status = event.outcome.exit_status
+
+Implementations: kvm (this package), lguest and fake (other modules).
+"""
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Callable
+
+from launcher.loader import E820Entry, HardwareSubarch, KernelKind, LoadFlags
+
+
+class Outcome(enum.Enum):
+    """How a run ended; exit_status is what `lguest-harness boot` returns."""
+
+    POWER_OFF = ("the guest powered off", 0)
+    HALTED = ("the guest halted with interrupts off", 0)
+    REBOOT = ("the guest asked for a reboot", 0)
+    PANIC = ("the guest kernel panicked", 3)
+    TIMEOUT = ("the run timed out", 4)
+    EMULATION_FAILURE = ("the host could not emulate a guest instruction", 5)
+    GUEST_CRASH = ("the guest crashed (triple fault, failed entry or internal error)", 6)
+    INTERRUPTED = ("the launcher was interrupted", 130)
+
+    def __init__(self, text: str, exit_status: int):
+        self.text = text
+        self.exit_status = exit_status
+
+
+# Exit status for errors in the launcher's own input or setup (not the guest's doing).
+EXIT_LAUNCHER_ERROR = 1
+
+
+@dataclass(frozen=True)
+class Notify:
+    """The guest notified an address (lguest NOTIFY, or an unclaimed MMIO write)."""
+
+    addr: int
+    value: int = 0
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The guest is gone; detail is a readable explanation (may span lines)."""
+
+    outcome: Outcome
+    detail: str = ""
+
+
+RunEvent = Notify | Stopped
+
+
+@dataclass(frozen=True)
+class BootLayout:
+    """Where a backend wants the boot data, and what the zero page must say."""
+
+    boot_params: int
+    cmdline: int
+    cmdline_capacity: int
+    e820: tuple[E820Entry, ...]
+    hardware_subarch: HardwareSubarch
+    loadflags: LoadFlags
+    version: int
+    prefer_elf: bool            # extract the vmlinux from a bzImage instead of running its decompressor
+    initrd_max_end: int | None  # the initrd must end below this (None: top of RAM)
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    entry: int
+    boot_params: int
+    kind: KernelKind
+
+
+@dataclass(frozen=True)
+class CmdlineAddition:
+    """A kernel option the backend adds for this host, and why (shown under --verbose)."""
+
+    option: str
+    reason: str
+
+
+class Backend(abc.ABC):
+    name: str = "?"
+
+    @abc.abstractmethod
+    def boot_layout(self) -> BootLayout:
+        """Addresses and zero-page facts for this backend and memory size."""
+
+    def cmdline_additions(self) -> list[CmdlineAddition]:
+        """Kernel options this host needs (quirks); empty by default."""
+        return []
+
+    @abc.abstractmethod
+    def initialize(self, boot: BootSpec) -> None:
+        """Point the vCPU at the loaded kernel; memory already holds kernel and boot data."""
+
+    @abc.abstractmethod
+    def run(self, deadline: float | None = None) -> RunEvent:
+        """Run until the next notification or the guest's end; deadline is time.monotonic()."""
+
+    @abc.abstractmethod
+    def raise_interrupt(self, irq: int) -> None:
+        """Assert (edge) interrupt line `irq` in the guest."""
+
+    @abc.abstractmethod
+    def attach_eventfd(self, addr: int, fd: int, *, length: int = 4, datamatch: int | None = None) -> None:
+        """Make guest writes to addr signal eventfd fd instead of returning a Notify."""
+
+    @abc.abstractmethod
+    def restart(self) -> None:
+        """Drop all guest CPU and device state so initialize() can boot again (memory is the caller's)."""
+
+    @abc.abstractmethod
+    def send_console_input(self, data: bytes) -> int:
+        """Queue host console input for the guest; returns bytes accepted. Thread-safe."""
+
+    @abc.abstractmethod
+    def request_stop(self, outcome: Outcome, detail: str = "") -> None:
+        """From any thread: make run() return Stopped(outcome) promptly."""
+
+    def close(self) -> None:
+        """Release fds and mappings; idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class RunStats:
+    """What a backend measured about its runs (the boot benchmark reads it)."""
+
+    exits: dict[str, int] = field(default_factory=dict)
+    seconds_in_run: float = 0.0
+
+    def count(self, reason: str) -> None:
+        self.exits[reason] = self.exits.get(reason, 0) + 1
+
+
+ConsoleOut = Callable[[bytes], None]

@@ -1,0 +1,314 @@
+"""The KVM backend: one VM, one memory slot over GuestMemory, one vCPU, legacy PC ports.
+
+Guest kernel code on a kvm_pvm host is emulated and slow, but the exit loop is not the
+bottleneck (a round trip is 30-70 us); the design keeps it that way: a bus lookup and
+a handler call per exit, no allocation beyond the exit's data.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from native.kvm import ffi, lib
+
+from launcher.consolewatch import ConsoleEvent, ConsoleWatcher
+from launcher.hostquirks import HostKind, detect_host, kernel_options
+from launcher.hypervisor import kvm_exits, kvm_longmode as lm
+from launcher.hypervisor.base import (
+    Backend, BootLayout, BootSpec, CmdlineAddition, ConsoleOut, Notify, Outcome, RunEvent, RunStats, Stopped,
+)
+from launcher.hypervisor.bus import mmio_bus, port_bus
+from launcher.hypervisor.errors import NotInitialized
+from launcher.hypervisor.kvm_ports import (
+    COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, I8042_DATA, Cmos, I8042, UartPorts,
+)
+from launcher.hypervisor.kvm_sys import KvmSystem, ioctl
+from launcher.hypervisor.kvm_vcpu import Vcpu, install_kick_handler
+from launcher.io.threads import start_shielded
+from launcher.loader import E820Entry, HardwareSubarch, LoadFlags
+from launcher.symbols import SystemMap
+from launcher.uart import Uart8250
+
+LOW_RAM_END = 0x9FC00      # 639 KiB: a real PC's conventional memory, below the EBDA
+HIGH_RAM_START = 0x100000
+MAX_MEMORY = 0xC0000000    # stay below the 32-bit PCI hole and KVM's TSS pages
+INITRD_MAX_END = 0x7FFFFFFF + 1
+PANIC_GRACE = 1.5          # seconds to keep running after a panic line, so its trace reaches the console
+WATCHDOG_TICK = 0.1
+
+
+class KvmBackend(Backend):
+    name = "kvm"
+
+    def __init__(self, memory, console_out: ConsoleOut, *, irqchip: bool = True,
+                 system_map: SystemMap | None = None, kvm_path: str = "/dev/kvm",
+                 host: HostKind | None = None):
+        self.memory = memory
+        self.irqchip = irqchip
+        self.system_map = system_map
+        self.host = host or detect_host()
+        self.stats = RunStats()
+        self._console_out = console_out
+        self._device_lock = threading.Lock()   # device state is shared with the console input thread
+        self._stop_lock = threading.Lock()
+        if threading.current_thread() is threading.main_thread():
+            install_kick_handler()
+        self._system = KvmSystem(kvm_path)
+        self.vm_fd = -1
+        self.vcpu: Vcpu | None = None
+        try:
+            self._create_vm()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction -----------------------------------------------------------
+    def _create_vm(self) -> None:
+        self.vm_fd = self._system.create_vm()
+        ioctl(self.vm_fd, lib.KVM_SET_TSS_ADDR, lm.TSS_ADDR)
+        ioctl(self.vm_fd, lib.KVM_SET_IDENTITY_MAP_ADDR, ffi.new("__u64 *", lm.IDENTITY_MAP_ADDR))
+        region = ffi.new("struct kvm_userspace_memory_region *")
+        region.slot, region.flags, region.guest_phys_addr = 0, 0, 0
+        region.memory_size, region.userspace_addr = self.memory.size, self.memory.host_address
+        ioctl(self.vm_fd, lib.KVM_SET_USER_MEMORY_REGION, region)
+        if self.irqchip:
+            ioctl(self.vm_fd, lib.KVM_CREATE_IRQCHIP, 0)
+            pit = ffi.new("struct kvm_pit_config *")
+            pit.flags = lib.KVM_PIT_SPEAKER_DUMMY
+            ioctl(self.vm_fd, lib.KVM_CREATE_PIT2, pit)
+        self.vcpu = Vcpu(self.vm_fd, 0, self._system.vcpu_mmap_size())
+        # CPUID masking has no effect on kvm_pvm (the guest sees the host's); set it anyway
+        # so a normal KVM host presents exactly what it supports.
+        self.vcpu.set_cpuid(self._system.supported_cpuid())
+        self.vcpu.set_fpu_defaults()
+        self._reset_devices()
+
+    def _reset_devices(self) -> None:
+        self.watcher = ConsoleWatcher()
+        self.uart = Uart8250(out=self._console_bytes, trigger=lambda: self.raise_interrupt(COM1_IRQ))
+        self.ports = port_bus()
+        self.ports.register(COM1_BASE, COM1_LEN, UartPorts(self.uart, self._device_lock))
+        self.ports.register(CMOS_INDEX, 2, Cmos())
+        self.ports.register(I8042_DATA, 5, I8042(self._on_reset))
+        self.mmio = mmio_bus()
+        self._stop: Stopped | None = None
+        self._panic_deadline: float | None = None
+        self._initialized = False
+        self.console_broken = False
+
+    # -- the Backend interface ----------------------------------------------------
+    def boot_layout(self) -> BootLayout:
+        size = self.memory.size
+        e820 = [E820Entry(0, min(LOW_RAM_END, size))]
+        if size > HIGH_RAM_START:
+            e820.append(E820Entry(HIGH_RAM_START, size - HIGH_RAM_START))
+        return BootLayout(
+            boot_params=lm.ZERO_PAGE, cmdline=lm.CMDLINE_ADDR, cmdline_capacity=lm.CMDLINE_CAPACITY,
+            e820=tuple(e820), hardware_subarch=HardwareSubarch.PC, loadflags=LoadFlags.LOADED_HIGH,
+            version=0x20C, prefer_elf=True, initrd_max_end=INITRD_MAX_END)
+
+    def cmdline_additions(self) -> list[CmdlineAddition]:
+        console = CmdlineAddition("console=ttyS0", "this backend's console is the 8250 UART at 0x3f8")
+        quirks = [CmdlineAddition(o.render(), o.reason) for o in kernel_options(self.host, self.tsc_khz())]
+        return [console, *quirks]
+
+    def tsc_khz(self) -> int | None:
+        return self.vcpu.tsc_khz()
+
+    def initialize(self, boot: BootSpec) -> None:
+        gdt_limit = lm.write_gdt(self.memory)
+        sregs = self.vcpu.get_sregs()
+        if boot.kind.is_64bit:
+            lm.write_page_tables(self.memory)
+            lm.set_long_mode_sregs(sregs, gdt_limit)
+        else:
+            lm.set_protected_mode_sregs(sregs, gdt_limit)
+        self.vcpu.set_sregs(sregs)
+        regs = self.vcpu.get_regs()
+        lm.set_boot_regs(regs, boot.entry, boot.boot_params)
+        self.vcpu.set_regs(regs)
+        self._initialized = True
+
+    def raise_interrupt(self, irq: int) -> None:
+        if not self.irqchip or self.vm_fd < 0:
+            return  # bare test VMs have no interrupt controller; a closed VM has no guest
+        level = ffi.new("struct kvm_irq_level *")
+        level.irq = irq
+        # An edge for the (edge-triggered) ISA line: the PIC and IOAPIC latch the rising edge.
+        for value in (1, 0):
+            level.level = value
+            ioctl(self.vm_fd, lib.KVM_IRQ_LINE, level)
+
+    def attach_eventfd(self, addr: int, fd: int, *, length: int = 4, datamatch: int | None = None) -> None:
+        ev = ffi.new("struct kvm_ioeventfd *")
+        ev.addr, ev.len, ev.fd = addr, length, fd
+        if datamatch is not None:
+            ev.flags, ev.datamatch = lib.KVM_IOEVENTFD_FLAG_DATAMATCH, datamatch
+        ioctl(self.vm_fd, lib.KVM_IOEVENTFD, ev)
+
+    def attach_irqfd(self, fd: int, gsi: int) -> None:
+        """KVM extra: a device thread raises `gsi` by writing to eventfd `fd`."""
+        irqfd = ffi.new("struct kvm_irqfd *")
+        irqfd.fd, irqfd.gsi = fd, gsi
+        ioctl(self.vm_fd, lib.KVM_IRQFD, irqfd)
+
+    def send_console_input(self, data: bytes) -> int:
+        with self._device_lock:
+            return self.uart.enqueue(data)
+
+    def request_stop(self, outcome: Outcome, detail: str = "") -> None:
+        with self._stop_lock:
+            if self._stop is None:
+                self._stop = Stopped(outcome, detail)
+        if self.vcpu is not None:
+            self.vcpu.kick()
+
+    def restart(self) -> None:
+        self._close_vm()
+        self._create_vm()
+
+    def run(self, deadline: float | None = None) -> RunEvent:
+        if not self._initialized:
+            raise NotInitialized("KvmBackend.run() before initialize()")
+        self.vcpu.thread_id = threading.get_ident()
+        done = threading.Event()
+        watchdog = start_shielded(lambda: self._watchdog(deadline, done), "kvm-watchdog")
+        try:
+            return self._loop()
+        except KeyboardInterrupt:
+            return self._finish(Stopped(Outcome.INTERRUPTED, "interrupted by SIGINT"))
+        finally:
+            done.set()
+            watchdog.join()
+            self.vcpu.immediate_exit = 0
+
+    # -- the exit loop -------------------------------------------------------------
+    def _loop(self) -> RunEvent:
+        vcpu, stats, clock = self.vcpu, self.stats, time.perf_counter
+        handlers = {
+            lib.KVM_EXIT_IO: self._exit_io,
+            lib.KVM_EXIT_MMIO: self._exit_mmio,
+            lib.KVM_EXIT_INTR: lambda: None,
+            lib.KVM_EXIT_HLT: self._exit_hlt,
+            lib.KVM_EXIT_SHUTDOWN: self._exit_shutdown,
+            lib.KVM_EXIT_INTERNAL_ERROR: self._exit_internal_error,
+            lib.KVM_EXIT_FAIL_ENTRY: self._exit_fail_entry,
+        }
+        while True:
+            if self._stop is not None:
+                return self._finish(self._stop)
+            start = clock()
+            reason = vcpu.run()
+            stats.seconds_in_run += clock() - start
+            stats.count(kvm_exits.exit_name(reason))
+            handler = handlers.get(reason, lambda: self._unexpected(reason))
+            event = handler()
+            if event is not None:
+                return self._finish(event) if isinstance(event, Stopped) else event
+
+    def _finish(self, event: Stopped) -> Stopped:
+        if self.watcher.seen(ConsoleEvent.PANIC) and event.outcome is not Outcome.INTERRUPTED:
+            return Stopped(Outcome.PANIC, self.watcher.panic_line or "Kernel panic")
+        return event
+
+    def _exit_io(self):
+        io, data = self.vcpu.io, self.vcpu.io_data()
+        port, size = io.port, io.size
+        if io.direction == lib.KVM_EXIT_IO_OUT:
+            for i in range(io.count):
+                self.ports.write(port, size, int.from_bytes(data[i * size:(i + 1) * size], "little"))
+        else:
+            for i in range(io.count):
+                data[i * size:(i + 1) * size] = self.ports.read(port, size).to_bytes(size, "little")
+        return self._stop
+
+    def _exit_mmio(self):
+        mmio = self.vcpu.mmio
+        addr, length = mmio.phys_addr, mmio.len
+        if mmio.is_write:
+            value = int.from_bytes(bytes(mmio.data)[:length], "little")
+            if not self.mmio.write(addr, length, value):
+                return Notify(addr, value)
+        else:
+            value = self.mmio.read(addr, length)
+            mmio.data[0:length] = list(value.to_bytes(length, "little"))
+        return self._stop
+
+    def _exit_hlt(self):
+        return Stopped(Outcome.HALTED, f"hlt at {self._where()}")
+
+    def _exit_shutdown(self):
+        if self.watcher.seen(ConsoleEvent.RESTART):
+            return Stopped(Outcome.REBOOT, "the guest reset itself (triple fault after 'Restarting system')")
+        return Stopped(Outcome.GUEST_CRASH, f"the guest triple-faulted (KVM_EXIT_SHUTDOWN) at {self._where()}")
+
+    def _exit_internal_error(self):
+        internal, rip = self.vcpu.internal, self._rip()
+        if internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION:
+            emu = self.vcpu.emulation
+            has_bytes = internal.ndata >= 2 and emu.flags & lib.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+            insn = bytes(emu.insn_bytes)[:emu.insn_size] if has_bytes else b""
+            return Stopped(Outcome.EMULATION_FAILURE, kvm_exits.emulation_failure(insn, rip, self.system_map))
+        data = [internal.data[i] for i in range(min(internal.ndata, 16))]
+        return Stopped(Outcome.GUEST_CRASH, kvm_exits.internal_error(internal.suberror, data, rip, self.system_map))
+
+    def _exit_fail_entry(self):
+        reason = self.vcpu.fail_entry.hardware_entry_failure_reason
+        return Stopped(Outcome.GUEST_CRASH,
+                       f"KVM could not enter the guest (hardware entry failure reason {reason:#x}) at {self._where()}")
+
+    def _unexpected(self, reason: int):
+        return Stopped(Outcome.GUEST_CRASH, f"unexpected {kvm_exits.exit_name(reason)} at {self._where()}")
+
+    def _rip(self) -> int:
+        return self.vcpu.get_regs().rip
+
+    def _where(self) -> str:
+        return kvm_exits.where(self._rip(), self.system_map)
+
+    # -- devices' callbacks ------------------------------------------------------------
+    def _console_bytes(self, data: bytes) -> None:
+        if not self.console_broken:
+            try:
+                self._console_out(data)
+            except (BrokenPipeError, OSError):
+                self.console_broken = True  # a closed stdout must not kill the guest
+        for event in self.watcher.feed(data):
+            self._on_console_event(event)
+
+    def _on_console_event(self, event: ConsoleEvent) -> None:
+        if event is ConsoleEvent.PANIC:
+            self._panic_deadline = time.monotonic() + PANIC_GRACE
+        elif event is ConsoleEvent.POWER_OFF:
+            self.request_stop(Outcome.POWER_OFF, "the kernel printed 'reboot: Power down'")
+        elif event is ConsoleEvent.HALTED:
+            self.request_stop(Outcome.HALTED, "the kernel printed 'System halted'")
+        elif event is ConsoleEvent.RESTART:
+            self.request_stop(Outcome.REBOOT, "the kernel printed 'reboot: Restarting system'")
+
+    def _on_reset(self) -> None:
+        self.request_stop(Outcome.REBOOT, "the guest reset itself through the keyboard controller (0xfe to port 0x64)")
+
+    def _watchdog(self, deadline: float | None, done: threading.Event) -> None:
+        while not done.wait(WATCHDOG_TICK):
+            now = time.monotonic()
+            if self._panic_deadline is not None and now >= self._panic_deadline:
+                self.request_stop(Outcome.PANIC, self.watcher.panic_line or "Kernel panic")
+                return
+            if deadline is not None and now >= deadline:
+                self.request_stop(Outcome.TIMEOUT, "the run reached its timeout")
+                return
+
+    # -- teardown -------------------------------------------------------------------------
+    def _close_vm(self) -> None:
+        if self.vcpu is not None:
+            self.vcpu.close()
+            self.vcpu = None
+        if self.vm_fd >= 0:
+            os.close(self.vm_fd)
+            self.vm_fd = -1
+
+    def close(self) -> None:
+        self._close_vm()
+        self._system.close()

@@ -1,0 +1,48 @@
+"""Kernel symbol lookup from a System.map, for readable crash reports."""
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+
+class SystemMap:
+    def __init__(self, entries: list[tuple[int, str]]):
+        entries.sort()
+        self._addrs = [a for a, _ in entries]
+        self._names = [n for _, n in entries]
+
+    @classmethod
+    def parse(cls, text: str) -> "SystemMap":
+        entries = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in "tTwWaA" and len(parts[1]) == 1:
+                try:
+                    entries.append((int(parts[0], 16), parts[2]))
+                except ValueError:
+                    continue
+        return cls(entries)
+
+    @classmethod
+    def beside(cls, kernel: Path) -> "SystemMap | None":
+        """The System.map next to a kernel image (System.map, or System.map-<release> for vmlinuz-<release>)."""
+        kernel = Path(kernel)
+        candidates = [kernel.parent / "System.map"]
+        for prefix in ("vmlinuz-", "vmlinux-", "bzImage-"):
+            if kernel.name.startswith(prefix):
+                candidates.insert(0, kernel.parent / ("System.map-" + kernel.name[len(prefix):]))
+        for path in candidates:
+            try:
+                return cls.parse(path.read_text(errors="replace"))
+            except OSError:
+                continue
+        return None
+
+    def lookup(self, addr: int) -> str | None:
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0:
+            return None
+        offset = addr - self._addrs[i]
+        if offset > 0x100000:  # far past the last symbol: not in the kernel text
+            return None
+        return f"{self._names[i]}+{offset:#x}"

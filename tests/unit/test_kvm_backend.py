@@ -1,0 +1,103 @@
+"""KVM exit paths, driven by tiny hand-assembled guests on the real /dev/kvm."""
+import time
+
+import pytest
+
+from launcher.hypervisor.base import BootSpec, Notify, Outcome
+from launcher.hypervisor.kvm import KvmBackend
+from launcher.loader import KernelKind
+from launcher.memory import GuestMemory
+from tests.unit import tiny_guests as g
+
+pytestmark = pytest.mark.kvm
+
+
+def boot(code: bytes, *, irqchip=False, bits=64, timeout=5.0, backend_hook=None):
+    out = bytearray()
+    with GuestMemory(4 << 20) as mem:
+        mem.write(0x100000, code)
+        with KvmBackend(mem, out.extend, irqchip=irqchip) as backend:
+            if backend_hook:
+                backend_hook(backend)
+            kind = KernelKind.ELF64 if bits == 64 else KernelKind.ELF32
+            backend.initialize(BootSpec(0x100000, 0x7000, kind))
+            start = time.monotonic()
+            event = backend.run(time.monotonic() + timeout)
+            return event, bytes(out), time.monotonic() - start, backend
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_console_output_then_hlt(bits):
+    event, out, _, backend = boot(g.say(b"Hi\n") + g.HLT, bits=bits)
+    assert out == b"Hi\n"
+    assert event.outcome is Outcome.HALTED and event.outcome.exit_status == 0
+    assert backend.stats.exits["KVM_EXIT_IO"] == 3
+
+
+def test_keyboard_controller_reset_is_a_reboot():
+    event, _, _, _ = boot(g.RESET + g.SPIN, irqchip=True)
+    assert event.outcome is Outcome.REBOOT and "0x64" in event.detail
+
+
+def test_power_down_line_ends_the_run_even_with_an_irqchip_hlt():
+    # With the in-kernel irqchip a hlt never exits: only the console line can end the run.
+    event, out, elapsed, _ = boot(g.say(b"reboot: Power down\n") + g.HLT, irqchip=True, timeout=10)
+    assert event.outcome is Outcome.POWER_OFF and elapsed < 5
+
+
+def test_timeout_interrupts_a_spinning_guest():
+    event, _, elapsed, backend = boot(g.SPIN, irqchip=True, timeout=0.5)
+    assert event.outcome is Outcome.TIMEOUT and event.outcome.exit_status == 4
+    assert 0.4 < elapsed < 3
+    assert backend.stats.seconds_in_run > 0.3
+
+
+def test_panic_line_then_spin_is_a_panic_after_the_grace_period():
+    event, _, elapsed, _ = boot(g.say(b"Kernel panic - not syncing: test\n") + g.SPIN, irqchip=True, timeout=20)
+    assert event.outcome is Outcome.PANIC and event.outcome.exit_status == 3
+    assert "Kernel panic - not syncing: test" in event.detail and elapsed < 10
+
+
+def test_panic_then_reset_stays_a_panic():
+    event, _, _, _ = boot(g.say(b"Kernel panic - not syncing: x\n") + g.RESET + g.SPIN, irqchip=True)
+    assert event.outcome is Outcome.PANIC
+
+
+def test_triple_fault_is_a_guest_crash():
+    event, _, _, _ = boot(g.UD2)
+    assert event.outcome is Outcome.GUEST_CRASH and "triple-fault" in event.detail
+
+
+def test_cmos_reads_zero_and_unknown_ports_read_ff():
+    event, out, _, backend = boot(g.IN_CMOS + g.out_al() + g.IN_UNKNOWN + b"\xee" + g.HLT)
+    assert out == b"\x00\xff" and event.outcome is Outcome.HALTED
+    assert backend.ports.unclaimed == {0x80: 1}
+
+
+def test_unclaimed_mmio_write_is_a_notification():
+    # mov dword [0x10000050], 7 ; hlt  (C7 04 25 disp32 imm32), past the 4 MiB of RAM
+    code = bytes.fromhex("c704255000001007000000") + g.HLT
+    event, _, _, _ = boot(code)
+    assert event == Notify(0x10000050, 7)
+
+
+def test_enabling_the_uart_tx_interrupt_raises_irq4_through_the_irqchip():
+    enable_thri = bytes.fromhex("66baf903b002ee")  # mov dx, 0x3f9; mov al, IER_THRI; out dx, al
+    raised = []
+
+    def spy(backend):
+        real = backend.raise_interrupt
+        backend.raise_interrupt = lambda irq: (raised.append(irq), real(irq))
+
+    event, _, _, backend = boot(enable_thri + g.SPIN, irqchip=True, timeout=0.3, backend_hook=spy)
+    assert backend.uart.ier == 2 and raised == [4]  # KVM_IRQ_LINE accepted it (an error would raise)
+    assert backend.send_console_input(b"abc") == 3 and backend.uart.input_waiting == 3
+
+
+def test_emulation_failure_names_the_instruction_when_the_host_rejects_it():
+    event, _, _, _ = boot(g.CLAC + g.HLT)
+    if event.outcome is Outcome.HALTED:
+        pytest.skip("this host runs clac natively (not a kvm_pvm host)")  # honest: only kvm_pvm rejects it
+    assert event.outcome is Outcome.EMULATION_FAILURE
+    assert "`clac`" in event.detail and "0f 01 ca" in event.detail and "clearcpuid=smap" in event.detail
+    assert "RIP 0x100000" in event.detail
