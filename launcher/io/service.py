@@ -18,6 +18,7 @@ import select
 import threading
 
 from launcher.errors import DeviceError
+from launcher.io.threads import start_shielded
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,9 @@ class QueueWorkers:
         for index, slot in enumerate(self.device.queues):
             if slot.vq is None:
                 continue
-            thread = threading.Thread(target=self._run, args=(index,), daemon=True,
-                                      name=f"{self.device.name}-{slot.name}")
+            # Shielded: SIGINT/SIGTERM and the vCPU kick must land on the vCPU thread.
+            thread = start_shielded(lambda i=index: self._run(i), f"{self.device.name}-{slot.name}")
             self._threads.append(thread)
-            thread.start()
 
     def stop(self) -> None:
         """Wake every thread with the stop eventfd and join it."""
