@@ -6,6 +6,7 @@ import importlib
 HELP = "run a benchmark and print its figures"
 
 BENCHMARKS = {
+    "vring": "harness.bench_vring",
 }
 
 

@@ -406,9 +406,14 @@ class SplitVirtqueue:
         Raises AvailIndexJump or HeadIndexOutOfRange when the ring itself is broken, and a
         ChainError (with .head; the chain counts as consumed) when the chain is.
         """
-        if not self._avail_pending():
-            return None
+        # _avail_pending() inlined: this is the hot path.
         last = self.last_avail_idx
+        avail_idx = _U16.unpack_from(self._avail, _AVAIL_IDX)[0]
+        pending = (avail_idx - last) & 0xFFFF
+        if not pending:
+            return None
+        if pending > self.size:
+            raise AvailIndexJump(last, avail_idx, self.size)
         pos = last & self._mask
         head = _U16.unpack_from(self._avail, _AVAIL_RING + 2 * pos)[0]
         last = self.last_avail_idx = (last + 1) & 0xFFFF
