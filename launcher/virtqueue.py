@@ -30,7 +30,7 @@ __all__ = [
     "VirtqDescFlags", "VirtqAvailFlags", "VirtqUsedFlags",
     "VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "VIRTQ_DESC_F_INDIRECT",
     "VIRTQ_AVAIL_F_NO_INTERRUPT", "VIRTQ_USED_F_NO_NOTIFY",
-    "MAX_QUEUE_SIZE", "DESC_SIZE", "DESC", "USED_ELEM",
+    "MAX_QUEUE_SIZE", "MAX_CHAIN_BYTES", "DESC_SIZE", "DESC", "USED_ELEM",
     "desc_table_size", "avail_ring_size", "used_ring_size", "legacy_layout", "legacy_size",
     "vring_need_event",
     "SplitVirtqueue", "Chain",
@@ -38,7 +38,7 @@ __all__ = [
     "RingOutsideGuestMemory", "AvailIndexJump", "HeadIndexOutOfRange", "ChainError",
     "NextIndexOutOfRange", "DescriptorLoop", "ReadableAfterWritable",
     "IndirectTableLengthInvalid", "IndirectWithNext", "NestedIndirect",
-    "BufferOutsideGuestMemory",
+    "BufferOutsideGuestMemory", "ChainTooLong",
 ]
 
 
@@ -75,6 +75,7 @@ _F_NO_INTERRUPT = int(VIRTQ_AVAIL_F_NO_INTERRUPT)
 _F_NO_NOTIFY = int(VIRTQ_USED_F_NO_NOTIFY)
 
 MAX_QUEUE_SIZE = 32768          # 2.7: "The maximum Queue Size value is 32768"
+MAX_CHAIN_BYTES = 1 << 32       # 2.7.5.2: no chain longer than 2^32 bytes in total
 DESC = struct.Struct("<QIHH")   # struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next
 DESC_SIZE = DESC.size           # 16
 USED_ELEM = struct.Struct("<II")  # struct virtq_used_elem: le32 id, le32 len
@@ -248,6 +249,13 @@ class BufferOutsideGuestMemory(ChainError):
                                f"(0..{mem_size:#x}) (2.7.5)")
 
 
+class ChainTooLong(ChainError):
+    def __init__(self, head: int, total: int):
+        self.total = total
+        super().__init__(head, f"buffers total {total:#x} bytes, more than {MAX_CHAIN_BYTES:#x} "
+                               f"(2.7.5.2)")
+
+
 def _hex(value) -> str:
     return f"{value:#x}" if isinstance(value, int) else repr(value)
 
@@ -334,6 +342,8 @@ class SplitVirtqueue:
 
         vq.suppress_notifications(False)
         if vq.has_available(): ...   # the driver slipped one in: process it now
+
+    Not thread-safe: one thread (or one lock) per queue.
     """
 
     def __init__(self, memory: GuestMemory, size: int, desc_addr: int, avail_addr: int,
@@ -362,6 +372,11 @@ class SplitVirtqueue:
         self._pending_used = 0      # pushes since that decision
         self._notify_enabled = True
         self._used_flags = 0
+        # The device owns the used ring's flags and avail_event: start them in a known state
+        # (used->idx is left alone; set_indices publishes it when resuming mid-stream).
+        _U16.pack_into(self._used, _USED_FLAGS, 0)
+        if self.event_idx:
+            _U16.pack_into(self._used, self._avail_event_off, 0)
 
     @classmethod
     def legacy(cls, memory: GuestMemory, size: int, base_addr: int, align: int = 4096,
@@ -434,6 +449,7 @@ class SplitVirtqueue:
         readable, writable, readable_ranges, writable_ranges = [], [], [], []
         i = head
         ttl = table_size    # 2.7.5.2: a chain is never longer than its table; longer means a loop
+        total = 0
         try:
             while True:
                 addr, length, flags, next_index = unpack(table, i << 4)
@@ -460,6 +476,7 @@ class SplitVirtqueue:
                 except OutsideGuestMemory as err:
                     raise BufferOutsideGuestMemory(head, f"buffer of descriptor {i:#x}", addr, length,
                                                    self.memory.size) from err
+                total += length
                 if flags & _F_WRITE:
                     writable.append(buf)
                     writable_ranges.append((addr, length))
@@ -469,6 +486,8 @@ class SplitVirtqueue:
                     if writable:
                         raise ReadableAfterWritable(head, i)
                 if not flags & _F_NEXT:
+                    if total > MAX_CHAIN_BYTES:
+                        raise ChainTooLong(head, total)
                     return Chain(head, readable, writable, readable_ranges, writable_ranges)
                 ttl -= 1
                 if ttl == 0:

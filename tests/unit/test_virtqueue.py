@@ -9,7 +9,7 @@ from launcher.virtqueue import (
     VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE,
     VIRTQ_USED_F_NO_NOTIFY, AvailIndexJump, BufferOutsideGuestMemory, ChainError, DescriptorLoop,
     HeadIndexOutOfRange, IndirectTableLengthInvalid, IndirectWithNext, NestedIndirect,
-    NextIndexOutOfRange, QueueSizeInvalid, ReadableAfterWritable, RingAlignmentInvalid,
+    ChainTooLong, NextIndexOutOfRange, QueueSizeInvalid, ReadableAfterWritable, RingAlignmentInvalid,
     RingMisaligned, RingOutsideGuestMemory, SplitVirtqueue, legacy_layout, legacy_size,
     vring_need_event,
 )
@@ -328,6 +328,28 @@ def test_indirect_table_must_lie_inside_guest_memory(drv, vq):
     offer(drv, 0)
     with pytest.raises(BufferOutsideGuestMemory, match="indirect table"):
         vq.pop()
+
+
+def test_chain_may_not_exceed_2_32_bytes_in_total():
+    # 2.7.5.2; overlapping buffers make it possible in a small guest.  Used len is le32, so a
+    # longer chain could make a device report a length it cannot encode.
+    size = 1 << 20
+    with GuestMemory(size) as m:
+        drv = FakeDriver.modern(m, QSIZE)
+        vq = drv.device_queue()
+        from launcher.virtqueue import DESC
+        table, entries = 0x10000, (1 << 32) // size + 1
+        for k in range(entries):
+            m.pack(DESC, table + 16 * k, 0, size, NEXT if k + 1 < entries else 0, k + 1)
+        drv.write_desc(0, table, 16 * entries, INDIRECT)
+        offer(drv, 0)
+        with pytest.raises(ChainTooLong, match=r"0x100100000 bytes, more than 0x100000000 \(2\.7\.5\.2\)"):
+            vq.pop()
+        # Exactly 2^32 bytes is legal.
+        m.pack(DESC, table + 16 * (entries - 2), 0, size, 0, 0)
+        offer(drv, 0, pos=1, idx=2)
+        assert pop_one(vq).readable_len == 1 << 32
+        vq.close()
 
 
 def test_bad_chain_is_consumed_and_can_be_completed_empty(drv, vq):

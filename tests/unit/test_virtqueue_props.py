@@ -204,6 +204,7 @@ def notification_programs(draw):
        steps=notification_programs())
 @example(event_idx=True, notify_on_empty=False, start=0xFFFE,
          steps=[("used_event", 1), ("add", 4), ("serve", 4), ("check", 0)])
+@example(event_idx=False, notify_on_empty=False, start=0, steps=[("add", 1), ("add", 4)])  # ring full
 def test_notifications_follow_the_spec_model(event_idx, notify_on_empty, start, steps):
     size = 8
     mem = GuestMemory(16 * PAGE_SIZE)
