@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Protocol
 
 from launcher.errors import DeviceError, VirtqueueError
 from launcher.memory import GuestMemory
-from launcher.virtqueue import ChainError, Chain, SplitVirtqueue
+from launcher.virtqueue import Chain, ChainError, SplitVirtqueue, legacy_layout
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,6 @@ class VirtioDevice:
 
     def set_queue_legacy(self, index: int, size: int, base_addr: int, align: int = 4096) -> None:
         """The legacy single-area layout (2.7.2), as lguest and legacy PCI use."""
-        from launcher.virtqueue import legacy_layout
         self.set_queue(index, size, *legacy_layout(size, base_addr, align))
 
     def _slot(self, index: int) -> QueueSlot:

@@ -3,6 +3,7 @@ network namespace this test creates and removes (no traffic leaves the namespace
 import os
 import socket
 import struct
+import threading
 import time
 import uuid
 
@@ -221,3 +222,40 @@ def test_tap_offloads_follow_accepted_features(netns):
         tap.configure(12, Offloads(csum=True, tso4=True, tso6=True, ecn=True))
     finally:
         tap.close()
+
+
+def test_reset_mid_traffic_leaves_no_threads():
+    bench, host = net_bench(threads=True, strict=False)
+    with bench:
+        rx, tx = bench.driver(RECEIVEQ), bench.driver(TRANSMITQ)
+        for _ in range(8):
+            rx.add([], [1526])
+        rx.kick()
+        for k in range(20):
+            host.inject(HDR + frame(b"flood %d" % k))
+            if k % 4 == 0:
+                tx.add([HDR, frame(b"out %d" % k)], [])
+                tx.kick()
+        assert len(bench.workers.threads) == 2
+        bench.device.set_status(0)
+        assert bench.workers.threads == []
+        assert not bench.device.active
+        assert [t for t in threading.enumerate() if t.name.startswith("net-")] == []
+    assert bench.workers.errors == []
+
+
+def test_tap_attached_to_a_bridge(netns):
+    from pyroute2 import IPRoute
+    from launcher.io.tap import TapBackend, TapError
+    with IPRoute(netns=netns) as ipr:
+        ipr.link("add", ifname="lghbr0", kind="bridge")
+        bridge_index = ipr.link_lookup(ifname="lghbr0")[0]
+    tap = TapBackend("lghtap%d", netns=netns, bridge="lghbr0")
+    try:
+        with IPRoute(netns=netns) as ipr:
+            link = ipr.get_links(ipr.link_lookup(ifname=tap.name)[0])[0]
+            assert link.get_attr("IFLA_MASTER") == bridge_index
+    finally:
+        tap.close()
+    with pytest.raises(TapError, match="bridge 'nope' does not exist"):
+        TapBackend(netns=netns, bridge="nope")
