@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine and runs the main job: boot a guest.
+# Sets up a fresh machine and runs the main job: build (or reuse) the guest kernel and
+# initramfs, boot them under KVM, show the ready marker and a prompt, power off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
-lguest-harness --help
+exec lguest-harness demo "$@"

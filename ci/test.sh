@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh
 PY=${PYTHON:-python3}
 lint-imports
+# The integration tests boot the recipe kernel: build it here so its progress shows.
+lguest-harness kernel build
 "$PY" -m pytest tests "$@"

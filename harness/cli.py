@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": "harness.bench",
     "boot": "launcher.cli",
     "kernel": "harness.kernel",
+    "demo": "harness.demo",
 }
 
 

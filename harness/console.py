@@ -10,6 +10,7 @@ import io
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import pexpect
 
@@ -43,6 +44,18 @@ class CommandResult:
 class SerialLog(io.StringIO):
     """Everything the guest printed; pexpect writes into it as it reads."""
 
+    echo = None
+
+    def echo_to(self, stream) -> None:
+        """Also copy what arrives from now on to stream (e.g. stdout for a person watching)."""
+        self.echo = stream
+
+    def write(self, text: str) -> int:
+        if self.echo is not None:
+            self.echo.write(text)
+            self.echo.flush()
+        return super().write(text)
+
     def tail(self, chars: int = TAIL_CHARS) -> str:
         return self.getvalue()[-chars:]
 
@@ -50,10 +63,12 @@ class SerialLog(io.StringIO):
 class Guest:
     """A running guest behind a pexpect child (usually `lguest-harness boot`)."""
 
-    def __init__(self, child: pexpect.spawn, name: str = "guest", prompt: str = PROMPT):
+    def __init__(self, child: pexpect.spawn, name: str = "guest", prompt: str = PROMPT,
+                 launcher_log: Path | None = None):
         self.child = child
         self.name = name
         self.prompt = prompt
+        self.launcher_log_path = launcher_log
         self.serial = SerialLog()
         child.logfile_read = self.serial
         self.exit_status: int | None = None
@@ -79,6 +94,14 @@ class Guest:
     @property
     def serial_log(self) -> str:
         return self.serial.getvalue()
+
+    @property
+    def launcher_log(self) -> str:
+        """What the launcher itself said (its --verbose stderr), when it was captured."""
+        try:
+            return self.launcher_log_path.read_text(errors="replace") if self.launcher_log_path else ""
+        except OSError:
+            return ""
 
     # -- commands ---------------------------------------------------------------------------
     def wait_ready(self, timeout: float = 180) -> None:

@@ -1,0 +1,71 @@
+"""Boot a guest with `lguest-harness boot` under pexpect and hand back a Guest.
+
+The launcher's own log (stderr, --verbose) goes to a file of its own so the console
+stream stays the guest's; both are kept for failure reports.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+
+from harness.console import Guest
+
+DEFAULT_CMDLINE = ("console=ttyS0", "panic=-1", "quiet")
+_serial = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """Everything that decides what a booted guest looks like (hashable: guests are shared by it)."""
+
+    kernel: Path
+    initrd: Path | None = None
+    mem: int = 64
+    cmdline: tuple[str, ...] = DEFAULT_CMDLINE
+    backend: str | None = None
+    block: tuple[str, ...] = ()
+    net: tuple[str, ...] = ()          # --tunnet values
+    rng: bool = False
+    extra_args: tuple[str, ...] = ()
+    netns: str | None = None          # run the launcher inside this network namespace
+    timeout: float = 900.0
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "harness.cli", "boot", "--verbose", "--timeout", f"{self.timeout:g}"]
+        if self.backend:
+            argv += ["--backend", self.backend]
+        if self.initrd:
+            argv += ["--initrd", str(self.initrd)]
+        argv += [f"--block={b}" for b in self.block]
+        argv += [f"--tunnet={n}" for n in self.net]
+        argv += ["--rng"] if self.rng else []
+        argv += [*self.extra_args, str(self.mem), str(self.kernel), *self.cmdline]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        return argv
+
+
+def boot(spec: GuestSpec, log_dir: Path, name: str | None = None, wait: bool = True,
+         ready_timeout: float = 300) -> Guest:
+    """Start the launcher for spec; with wait, return once the guest shell is up."""
+    name = name or f"guest{next(_serial)}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    launcher_log = log_dir / f"{name}.launcher.log"
+    command = f"exec {shlex.join(spec.argv())} 2>{shlex.quote(str(launcher_log))}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    child = pexpect.spawn("/bin/sh", ["-c", command], encoding="utf-8", codec_errors="replace",
+                          env=env, dimensions=(50, 200))
+    guest = Guest(child, name=name, launcher_log=launcher_log)
+    if wait:
+        try:
+            guest.wait_ready(timeout=ready_timeout)
+        except BaseException:
+            guest.close()
+            raise
+    return guest
