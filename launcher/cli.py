@@ -12,6 +12,7 @@ three ^C within a second on a terminal).
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -46,6 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"end the run after this long (default {DEFAULT_TIMEOUT:g}); exit status 4")
     parser.add_argument("--system-map", metavar="FILE", help="System.map for crash reports (default: beside KERNEL)")
+    parser.add_argument("--stats-json", metavar="FILE",
+                        help="write the run's figures (outcome, wall and in-hypervisor seconds, exits) as JSON")
+    parser.add_argument("--ready-marker", metavar="TEXT",
+                        help="record when TEXT first appears on the console (in --stats-json)")
     for flag in LATER_FLAGS:  # the original Launcher's device flags; refused until their devices land
         if flag == "rng":
             parser.add_argument("--rng", action="store_const", const="", default=None, help=argparse.SUPPRESS)
@@ -67,12 +72,34 @@ def _mem_bytes(text: str) -> int:
     return mem_mb << 20
 
 
+class MarkerClock:
+    """Notes when a marker first shows up in console output (which may split it across writes)."""
+
+    def __init__(self, marker: str | None, started: float):
+        self.marker = marker.encode() if marker else None
+        self.started = started
+        self._window = b""
+        self.seen_at: float | None = None
+        self.in_run_at: float | None = None
+
+    def feed(self, data: bytes, seconds_in_run) -> None:
+        if self.marker is None or self.seen_at is not None:
+            return
+        self._window = (self._window + data)[-(len(self.marker) + len(data)):]
+        if self.marker in self._window:
+            self.seen_at = time.monotonic() - self.started
+            self.in_run_at = seconds_in_run()
+
+
 class Session:
     """One boot: builds guest memory and backend, loads, runs, always cleans up."""
 
     def __init__(self, args, err=None):
         self.args, self.err = args, err or sys.stderr
         self.verbose = args.verbose
+        self.started = time.monotonic()
+        self.marker = MarkerClock(getattr(args, "ready_marker", None), self.started)
+        self.backend = None
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -89,10 +116,21 @@ class Session:
         kernel = read_kernel(Path(args.kernel))
         with GuestMemory(size) as memory:
             self.say(f"guest memory: {size >> 20} MiB at host {memory.host_address:#x}")
-            backend = backend_class(args.backend)(memory, console_out=stdout_writer(),
+            backend = backend_class(args.backend)(memory, console_out=self._console_out(),
                                                   system_map=self._system_map())
+            self.backend = backend
             with backend:
                 return self._boot(memory, backend, kernel)
+
+    def _console_out(self):
+        write = stdout_writer()
+        if self.marker.marker is None:
+            return write
+
+        def out(data: bytes) -> None:
+            write(data)
+            self.marker.feed(data, lambda: self.backend.stats.seconds_in_run)
+        return out
 
     def _system_map(self) -> SystemMap | None:
         if self.args.system_map:
@@ -168,7 +206,23 @@ class Session:
             if outcome is Outcome.TIMEOUT:
                 detail = f"no end within {self.args.timeout:g} s"
             print(f"\r\n{PROG}: {outcome.text}: {detail}", file=self.err, flush=True)
+        if getattr(self.args, "stats_json", None):
+            self._write_stats(event, stats)
         return outcome.exit_status
+
+    def _write_stats(self, event: Stopped, stats) -> None:
+        figures = {
+            "outcome": event.outcome.name, "exit_status": event.outcome.exit_status, "detail": event.detail,
+            "wall_seconds": time.monotonic() - self.started,
+            "seconds_in_run": stats.seconds_in_run if stats else None,
+            "cpu_in_run": stats.cpu_in_run if stats else None,
+            "exits": dict(stats.exits) if stats else {},
+            "ready_wall_seconds": self.marker.seen_at, "ready_seconds_in_run": self.marker.in_run_at,
+        }
+        try:
+            Path(self.args.stats_json).write_text(json.dumps(figures, indent=1) + "\n")
+        except OSError as exc:
+            print(f"{PROG}: cannot write --stats-json {self.args.stats_json}: {exc.strerror}", file=self.err)
 
 
 def run(args) -> int:

@@ -148,6 +148,7 @@ class RunStats:
 
     exits: dict[str, int] = field(default_factory=dict)
     seconds_in_run: float = 0.0
+    cpu_in_run: float = 0.0  # this thread's CPU time inside the hypervisor call (host emulation of guest code)
 
     def count(self, reason: str) -> None:
         self.exits[reason] = self.exits.get(reason, 0) + 1

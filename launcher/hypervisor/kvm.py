@@ -185,7 +185,7 @@ class KvmBackend(Backend):
 
     # -- the exit loop -------------------------------------------------------------
     def _loop(self) -> RunEvent:
-        vcpu, stats, clock = self.vcpu, self.stats, time.perf_counter
+        vcpu, stats, clock, cpu = self.vcpu, self.stats, time.perf_counter, time.thread_time
         handlers = {
             lib.KVM_EXIT_IO: self._exit_io,
             lib.KVM_EXIT_MMIO: self._exit_mmio,
@@ -198,9 +198,10 @@ class KvmBackend(Backend):
         while True:
             if self._stop is not None:
                 return self._finish(self._stop)
-            start = clock()
+            start, cpu_start = clock(), cpu()
             reason = vcpu.run()
             stats.seconds_in_run += clock() - start
+            stats.cpu_in_run += cpu() - cpu_start
             stats.count(kvm_exits.exit_name(reason))
             handler = handlers.get(reason, lambda: self._unexpected(reason))
             event = handler()

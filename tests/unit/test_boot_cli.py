@@ -56,3 +56,23 @@ def test_timeout_status(tmp_path, capfd):
     path.write_bytes(g.elf(g.SPIN))
     assert cli.main(["--timeout=0.3", "4", str(path)]) == 4
     assert "the run timed out: no end within 0.3 s" in capfd.readouterr().err
+
+
+@pytest.mark.kvm
+def test_stats_json_records_the_ready_marker(tiny, tmp_path, capfd):
+    import json
+
+    stats = tmp_path / "stats.json"
+    assert cli.main([f"--stats-json={stats}", "--ready-marker=from a tiny", "4", str(tiny)]) == 0
+    figures = json.loads(stats.read_text())
+    assert figures["outcome"] == "REBOOT" and figures["exits"]["KVM_EXIT_IO"] > 20
+    assert 0 < figures["ready_seconds_in_run"] <= figures["seconds_in_run"] <= figures["wall_seconds"]
+    assert figures["ready_wall_seconds"] <= figures["wall_seconds"]
+
+
+def test_marker_split_across_writes():
+    clock = cli.MarkerClock("ready!", started=0.0)
+    clock.feed(b"...rea", lambda: 1.0)
+    assert clock.seen_at is None
+    clock.feed(b"dy!\n", lambda: 2.0)
+    assert clock.in_run_at == 2.0
