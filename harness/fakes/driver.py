@@ -354,7 +354,7 @@ class FakeDriver:
         self.memory.pack(DESC, self.desc_addr + index * DESC_SIZE, addr, length, flags, next_index)
 
     def write_avail_entry(self, pos: int, head: int) -> None:
-        """Write avail->ring[pos] (pos taken modulo nothing: the caller picks the slot)."""
+        """Write avail->ring[pos], whatever head says (pos is the slot, 0..size-1)."""
         self.memory.write_u16(self.avail_addr + 4 + 2 * pos, head)
 
     def write_avail_idx(self, idx: int) -> None:
