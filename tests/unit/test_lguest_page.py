@@ -191,3 +191,54 @@ def test_kick_before_driver_ok_starts_the_device(memory, page):
 def test_notify_elsewhere_is_not_ours(page):
     page.add(RngDevice(SeededEntropy()))
     assert not page.notify(0x1000)
+
+
+def test_four_devices_live_on_the_page_with_service_threads(memory, page, irqs):
+    """A guest's view: handshake through the page, then traffic on every device, with the
+    real service threads and interrupts numbered as the page says."""
+    import time
+    from launcher.io.service import QueueWorkers
+    console, block, net, rng = four_devices()
+    for dev in (console, block, net, rng):
+        page.add(dev)
+        dev.runner = QueueWorkers(dev)
+    entries = page.entries
+    drivers = {}
+    arena = 0x10000
+    for entry in entries:
+        for index, q in enumerate(entry.queues):
+            drivers[entry.device.name, index] = FakeDriver.legacy(
+                memory, q.num, q.addr, 4096, arena=(arena, 0x8000),
+                kick=lambda d, e=entry, i=index: page.notify(e.queues[i].addr))
+            arena += 0x8000
+        for status in (A, A | D, A | D | OK):
+            write_status(memory, entry, status)
+            page.notify(entry.desc_addr)
+    console_host, disk, net_host = console.backend, block.backend, net.backend.peer
+
+    def wait_reap(drv):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if got := drv.reap():
+                return got
+            time.sleep(0.002)
+        raise TimeoutError
+
+    drivers["console", 1].add([b"hello from the guest\n"], [])
+    drivers["console", 1].kick()
+    console_host.wait_output(b"hello from the guest\n")
+    drivers["block", 0].add([struct.pack("<IIQ", 1, 0, 39), b"B" * 512], [1])
+    drivers["block", 0].kick()
+    assert wait_reap(drivers["block", 0])[0][1:] == (1, b"\0")
+    assert disk.data[39 * 512:] == b"B" * 512
+    drivers["net", 0].add([], [1526])
+    drivers["net", 0].kick()
+    net_host.inject(bytes(10) + b"\xff" * 6 + bytes(54))
+    assert wait_reap(drivers["net", 0])[0][1] == 70
+    drivers["rng", 0].add([], [16])
+    drivers["rng", 0].kick()
+    assert wait_reap(drivers["rng", 0])[0][1] == 16
+    assert {2, 3, 4, 6} <= set(irqs) and set(irqs) <= {1, 2, 3, 4, 5, 6}
+    for dev in (console, block, net, rng):
+        dev.close()
+        assert dev.runner.threads == [] and dev.runner.errors == []
