@@ -253,17 +253,22 @@ def test_rings_outside_memory_at_activation_need_reset():
 
 # -- threads and fds --------------------------------------------------------------------------
 
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 def device_threads(name) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(f"{name}-")]
 
 
-def test_reset_mid_traffic_leaves_no_threads_and_close_leaves_no_fds():
-    fds_before = open_fds()
+def test_reset_mid_traffic_leaves_no_threads_and_close_leaves_no_fds(monkeypatch):
+    closed = []
+    real_close = os.close
+
+    def spy_close(fd):
+        closed.append(fd)
+        real_close(fd)
+
     bench = rng_bench(threads=True)
+    ours = bench.workers.fds()
+    assert len(ours) == 2                # the queue's kick eventfd and the stop eventfd
+    monkeypatch.setattr(os, "close", spy_close)
     drv = bench.driver(0)
     for _ in range(20):
         drv.add([], [64])
@@ -281,7 +286,9 @@ def test_reset_mid_traffic_leaves_no_threads_and_close_leaves_no_fds():
     bench.close()
     assert device_threads("rng") == []
     assert bench.workers.errors == []
-    assert open_fds() == fds_before
+    monkeypatch.undo()
+    assert bench.workers.fds() == []
+    assert set(ours) <= set(closed)
 
 
 def test_failed_stops_threads():
