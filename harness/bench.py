@@ -6,6 +6,7 @@ import importlib
 HELP = "run a benchmark and print its figures"
 
 BENCHMARKS = {
+    "boot": "harness.bench_boot",
     "vring": "harness.bench_vring",
 }
 
