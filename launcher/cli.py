@@ -20,6 +20,7 @@ from pathlib import Path
 
 from native.build import NativeBuildError
 
+from launcher.devspec import add_device_arguments
 from launcher.errors import LauncherError
 from launcher.hypervisor import BACKENDS, backend_class
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, BootSpec, Notify, Outcome, Stopped
@@ -33,7 +34,7 @@ PROG = "lguest-harness boot"
 DEFAULT_TIMEOUT = 600.0
 MIN_MEM_MB = 2
 MAX_MEM_MB = 3072  # below the 32-bit PCI hole, where KVM's TSS pages live
-LATER_FLAGS = ("tunnet", "block", "rng", "username", "chroot")
+LATER_FLAGS = ("username", "chroot")
 
 
 class UsageError(LauncherError):
@@ -51,11 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write the run's figures (outcome, wall and in-hypervisor seconds, exits) as JSON")
     parser.add_argument("--ready-marker", metavar="TEXT",
                         help="record when TEXT first appears on the console (in --stats-json)")
-    for flag in LATER_FLAGS:  # the original Launcher's device flags; refused until their devices land
-        if flag == "rng":
-            parser.add_argument("--rng", action="store_const", const="", default=None, help=argparse.SUPPRESS)
-        else:
-            parser.add_argument(f"--{flag}", metavar="ARG", default=None, help=argparse.SUPPRESS)
+    for flag in LATER_FLAGS:  # the original Launcher's flags; refused until they land
+        parser.add_argument(f"--{flag}", metavar="ARG", default=None, help=argparse.SUPPRESS)
+    add_device_arguments(parser)
+    parser.add_argument("--hvc", choices=("pty", "stdio", "none"), default=None,
+                        help="kvm: the virtio console (hvc0) on a new pty (default when devices are given), "
+                             "on stdio (the 8250 then gets no input), or none")
     parser.add_argument("mem_mb", metavar="MEM_MB", help="guest memory in MiB")
     parser.add_argument("kernel", metavar="KERNEL", help="ELF vmlinux or bzImage")
     parser.add_argument("kernel_args", metavar="KERNEL ARGS", nargs=argparse.REMAINDER,
@@ -100,6 +102,7 @@ class Session:
         self.started = time.monotonic()
         self.marker = MarkerClock(getattr(args, "ready_marker", None), self.started)
         self.backend = None
+        self.virtio = None      # kvm: the devices on virtio-mmio (launcher.hypervisor.kvm_virtio)
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -120,7 +123,14 @@ class Session:
                                                   system_map=self._system_map())
             self.backend = backend
             with backend:
-                return self._boot(memory, backend, kernel)
+                try:
+                    return self._boot(memory, backend, kernel)
+                finally:
+                    if self.virtio is not None:
+                        self.virtio.close()     # threads joined and ring views dropped before memory goes
+
+    def _announce(self, text: str) -> None:
+        print(f"{PROG}: {text}", file=self.err, flush=True)
 
     def _console_out(self):
         write = stdout_writer()
@@ -153,6 +163,12 @@ class Session:
             ramdisk = (placed.addr, placed.size)
             self.say(f"initrd {self.args.initrd}: {placed.size:#x} bytes at {placed.addr:#x}")
         cmdline = self._cmdline(backend, layout.cmdline_capacity)
+        if backend.name == "kvm":
+            from launcher.hypervisor.kvm_virtio import attach_from_args
+            self.virtio = attach_from_args(self.args, backend, memory, say=self.say, announce=self._announce)
+            if self.virtio is not None:
+                self.virtio.add_to_cmdline(cmdline)
+                self.say(f"command line with devices: {cmdline}")
         memory.write(layout.cmdline, cmdline.as_bytes())
         memory.write(layout.boot_params, BootParams(
             cmd_line_ptr=layout.cmdline, e820=layout.e820, hardware_subarch=layout.hardware_subarch,
@@ -183,7 +199,8 @@ class Session:
         previous = signal.signal(signal.SIGTERM, lambda *_: backend.request_stop(Outcome.INTERRUPTED, "SIGTERM"))
         deadline = time.monotonic() + self.args.timeout
         try:
-            console.start()
+            if getattr(self.args, "hvc", None) != "stdio":
+                console.start()
             event = backend.run(deadline)
             while isinstance(event, Notify):
                 self.say(f"ignoring a notification at {event.addr:#x}: no device claims it")

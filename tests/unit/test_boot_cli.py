@@ -21,8 +21,8 @@ def tiny(tmp_path):
     (["--initrd=/nonexistent", "4", "{k}"], "cannot read initrd /nonexistent"),
     (["--initrd={big}", "2", "{k}"], "does not fit between the kernel's end"),
     (["--timeout=0", "4", "{k}"], "--timeout must be positive"),
-    (["--block=disk.img", "4", "{k}"], "--block is not supported yet"),
-    (["--rng", "4", "{k}"], "--rng is not supported yet"),
+    (["--block=/nonexistent/disk.img", "4", "{k}"], "--block=/nonexistent/disk.img: no such file"),
+    (["--tunnet=10.0.0.300", "4", "{k}"], "--tunnet: failed to parse IP address"),
     (["--system-map=/nonexistent", "4", "{k}"], "cannot read --system-map"),
     (["4", "{k}", "x" * 3000], "exceeds the limit of 2048 bytes"),
 ])
