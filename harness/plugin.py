@@ -1,1 +1,274 @@
-"""pytest plugin (registered through the pytest11 entry point)."""
+"""pytest plugin: guests as fixtures (registered through the pytest11 entry point).
+
+    @pytest.mark.guest(mem=64, cmdline=("quiet",), block=True, net=True, rng=True)
+    def test_uname(guest):
+        assert guest.run("uname -r").status == 0
+
+The `guest` fixture boots once per module (per distinct marker) unless the marker
+says scope="function" or scope="session"; `guest_factory` boots as many as a test
+wants.  On failure the serial log and the launcher's log are attached to the report
+(and to --junitxml), and saved under --guest-keep-logs.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from _pytest.reports import TestReport
+
+from harness import disks, ktap as ktap_parser, netns
+from harness.console import Guest
+from harness.launch import DEFAULT_CMDLINE, GuestSpec, boot
+
+REPORT_CHARS = 20000
+_GUESTS = pytest.StashKey[list]()
+_POOL = pytest.StashKey[dict]()
+
+BACKEND_NEEDS = {"kvm": "/dev/kvm", "lguest": "/dev/lguest"}
+
+
+# -- options and markers -------------------------------------------------------------------
+def pytest_addoption(parser):
+    group = parser.getgroup("lguest-harness", "guests booted by lguest-harness")
+    group.addoption("--guest-kernel", type=Path, help="guest kernel (vmlinux or bzImage); default: the recipe kernel")
+    group.addoption("--guest-initrd", type=Path, help="guest initramfs; default: the harness's busybox image")
+    group.addoption("--guest-backend", default=None, help="hypervisor backend: kvm, lguest or fake")
+    group.addoption("--guest-mem", type=int, default=64, help="guest memory in MiB (default 64)")
+    group.addoption("--guest-keep-logs", type=Path, metavar="DIR", help="save failing guests' logs under DIR")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
+                   "scope=): how the `guest` fixture boots its guest")
+    config.stash[_POOL] = {}
+
+
+def pytest_generate_tests(metafunc):
+    marker = metafunc.definition.get_closest_marker("guest")
+    if marker and "backends" in marker.kwargs and _uses_guest(metafunc.fixturenames):
+        backends = list(marker.kwargs["backends"])
+        metafunc.parametrize("guest_backend", backends, indirect=True, ids=backends)
+
+
+def _uses_guest(names) -> bool:
+    return "guest" in names or "guest_factory" in names
+
+
+# -- building blocks --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def guest_kernel(pytestconfig) -> Path:
+    """The kernel guests boot: --guest-kernel, or the recipe kernel (built on first use)."""
+    explicit = pytestconfig.getoption("--guest-kernel")
+    if explicit:
+        return explicit
+    from harness.kernel import ensure_kernel
+    return ensure_kernel(log=lambda msg: None).vmlinux
+
+
+@pytest.fixture(scope="session")
+def guest_image(pytestconfig, tmp_path_factory) -> Path:
+    """The default initramfs (--guest-initrd, or busybox with the harness's /init)."""
+    explicit = pytestconfig.getoption("--guest-initrd")
+    if explicit:
+        return explicit
+    from harness.initramfs import build_initramfs
+    return build_initramfs(tmp_path_factory.mktemp("initramfs") / "initramfs.cpio")
+
+
+@pytest.fixture
+def guest_backend(request) -> str:
+    """The backend under test: the marker's parametrised one, else --guest-backend, else kvm."""
+    backend = getattr(request, "param", None) or request.config.getoption("--guest-backend") or "kvm"
+    device = BACKEND_NEEDS.get(backend)
+    if device and not os.path.exists(device):
+        pytest.skip(f"backend {backend} needs {device}, which this host lacks")
+    return backend
+
+
+@pytest.fixture
+def disk_image(tmp_path):
+    """make(size_mb=16, fs="raw"|"ext4", source_dir=None, content=b"") -> Path of a new image."""
+    counter = iter(range(1000))
+
+    def make(size_mb: int = 16, fs: str = "raw", source_dir: Path | None = None, content: bytes = b"") -> Path:
+        path = tmp_path / f"disk{next(counter)}.{fs}"
+        if fs == "ext4":
+            return disks.ext4_image(path, source_dir, size_mb)
+        return disks.raw_image(path, size_mb, content)
+    return make
+
+
+@pytest.fixture
+def tap_netns():
+    """A fresh network namespace for a guest's tap; removed afterwards."""
+    ns = netns.create()
+    yield ns
+    netns.remove(ns)
+
+
+# -- guests -------------------------------------------------------------------------------
+class _Booter:
+    """Turns marker-style options into a GuestSpec and a booted Guest."""
+
+    def __init__(self, request, kernel: Path, image: Path, backend: str, log_dir: Path):
+        self.request, self.kernel, self.image = request, kernel, image
+        self.backend, self.log_dir = backend, log_dir
+        self.config = request.config
+
+    def spec(self, mem=None, cmdline=(), block=(), net=None, rng=False, files=None, commands=(),
+             backend=None, timeout=900.0) -> GuestSpec:
+        image = self.image
+        if files or commands:
+            from harness.initramfs import build_initramfs
+            image = build_initramfs(self.log_dir / f"initramfs-{abs(hash((tuple(files or ()), commands)))}.cpio",
+                                    extra_files=files, commands=tuple(commands))
+        blocks = (block,) if isinstance(block, (str, Path)) else tuple(block or ())
+        ns = net if isinstance(net, netns.NetNamespace) else None
+        cmd = tuple(DEFAULT_CMDLINE) + tuple(cmdline) + ((ns.guest_cmdline,) if ns else ())
+        return GuestSpec(kernel=self.kernel, initrd=image, mem=mem or self.config.getoption("--guest-mem"),
+                         cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
+                         net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
+                         timeout=timeout)
+
+    def boot(self, spec: GuestSpec, name: str) -> Guest:
+        guest = boot(spec, self.log_dir, name=name)
+        self.request.node.stash.setdefault(_GUESTS, []).append(guest)
+        return guest
+
+
+def _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory) -> _Booter:
+    return _Booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory.mktemp("guests"))
+
+
+def _shutdown(guest: Guest) -> None:
+    if guest.child.isalive():
+        try:
+            guest.poweroff(timeout=30)
+        except AssertionError:
+            pass
+    guest.close()
+
+
+@pytest.fixture
+def guest_factory(request, guest_kernel, guest_image, guest_backend, tmp_path_factory):
+    """boot(**marker_options) -> Guest; every guest it boots is shut down after the test."""
+    booter = _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory)
+    booted: list[Guest] = []
+
+    def make(name: str | None = None, **options) -> Guest:
+        guest = booter.boot(booter.spec(**options), name or f"guest{len(booted) + 1}")
+        booted.append(guest)
+        return guest
+    yield make
+    for guest in booted:
+        _shutdown(guest)
+
+
+@pytest.fixture
+def guest(request, guest_kernel, guest_image, guest_backend, tmp_path_factory) -> Guest:
+    """A booted guest, shared by the tests of a module that ask for the same one."""
+    marker = request.node.get_closest_marker("guest")
+    options = dict(marker.kwargs) if marker else {}
+    options.pop("backends", None)
+    scope = options.pop("scope", "module")
+    if options.get("net") is True:
+        options["net"] = request.getfixturevalue("tap_netns") if scope == "function" else \
+            _shared_netns(request, scope)
+    if options.get("block") is True:
+        options["block"] = disks.raw_image(tmp_path_factory.mktemp("disk") / "disk.raw")
+    booter = _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory)
+    spec = booter.spec(**options)
+    if scope == "function":
+        guest = booter.boot(spec, "guest")
+        request.addfinalizer(lambda: _shutdown(guest))
+        return guest
+    return _pooled(request, booter, spec, scope)
+
+
+def _owner(request, scope: str):
+    return request.session if scope == "session" else request.node.getparent(pytest.Module)
+
+
+def _shared_netns(request, scope: str) -> netns.NetNamespace:
+    pool = request.config.stash[_POOL]
+    key = ("netns", _owner(request, scope).nodeid)
+    if key not in pool:
+        pool[key] = netns.create()
+        _owner(request, scope).addfinalizer(lambda: netns.remove(pool.pop(key)))
+    return pool[key]
+
+
+def _pooled(request, booter: _Booter, spec: GuestSpec, scope: str) -> Guest:
+    pool = request.config.stash[_POOL]
+    owner = _owner(request, scope)
+    key = (owner.nodeid, spec)
+    guest = pool.get(key)
+    if guest is None or not guest.child.isalive():
+        guest = boot(spec, booter.log_dir, name=f"guest{len(pool) + 1}")
+        pool[key] = guest
+
+        def release(key=key):
+            _shutdown(pool.pop(key))
+        owner.addfinalizer(release)
+    request.node.stash.setdefault(_GUESTS, []).append(guest)
+    return guest
+
+
+# -- KTAP results as tests -------------------------------------------------------------------
+@pytest.fixture
+def ktap(request):
+    """run(guest, command, timeout=120) -> KtapResult, reporting each subtest as its own result."""
+
+    def run(guest: Guest, command: str, timeout: float = 120) -> ktap_parser.KtapResult:
+        result = ktap_parser.parse(guest.run(command, timeout=timeout).output)
+        for case in result.all_cases():
+            _report_case(request.node, case)
+        return result
+    return run
+
+
+def _report_case(item, case: ktap_parser.Case) -> None:
+    nodeid = f"{item.nodeid}::{case.name}"
+    path, line, _ = item.location
+    if case.status == "skip":
+        outcome, longrepr = "skipped", (str(path), (line or 0) + 1, f"Skipped: {case.directive}")
+    elif case.status == "fail":
+        outcome, longrepr = "failed", "\n".join((f"not ok {case.number} {case.name}", *case.diagnostics))
+    else:
+        outcome, longrepr = "passed", None
+    report = TestReport(nodeid, (path, line, f"{item.name}::{case.name}"), {}, outcome, longrepr, "call")
+    item.ihook.pytest_runtest_logreport(report=report)
+
+
+# -- failure artifacts ------------------------------------------------------------------------
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    guests = item.stash.get(_GUESTS, [])
+    if not report.failed or not guests:
+        return
+    keep = item.config.getoption("--guest-keep-logs")
+    for guest in guests:
+        serial, launcher = guest.serial_log[-REPORT_CHARS:], guest.launcher_log[-REPORT_CHARS:]
+        # Sections show in the terminal (and in junit system-out with junit_logging);
+        # the item's user properties always reach --junitxml (with its teardown report).
+        report.sections.append((f"Captured stdout guest serial log ({guest.name})", serial))
+        report.sections.append((f"Captured stderr launcher log ({guest.name})", launcher))
+        item.user_properties += [(f"guest serial log ({guest.name})", serial),
+                                   (f"launcher log ({guest.name})", launcher)]
+        if keep:
+            _save_logs(Path(keep) / _safe(item.nodeid), guest)
+
+
+def _safe(nodeid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")
+
+
+def _save_logs(directory: Path, guest: Guest) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{guest.name}.serial.log").write_text(guest.serial_log)
+    (directory / f"{guest.name}.launcher.log").write_text(guest.launcher_log)
