@@ -118,8 +118,13 @@ class GuestMemory:
     def close(self) -> None:
         if self._map.closed:
             return
-        self._mem.release()
-        self._map.close()
+        try:
+            self._mem.release()
+            self._map.close()
+        except BufferError:
+            # Views are still alive (a device, or a traceback holding one): the
+            # mapping is unmapped when the last of them goes.
+            pass
 
     def __enter__(self) -> "GuestMemory":
         return self
