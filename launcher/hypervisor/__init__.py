@@ -1,14 +1,37 @@
-"""Hypervisor backends behind one interface (base.Backend), chosen by name."""
+"""Hypervisor backends behind one interface (base.Backend), chosen by name.
+
+A backend is registered as "module:callable" (a class or a factory taking the guest memory
+and console_out) plus the bus its guests find their devices on: "lguest" (the device page
+above RAM, launcher.launcher) or "mmio" (virtio-mmio).  The harness registers its fake
+backend at start-up (harness.fakes.lguest_host.register); the launcher never imports it.
+"""
 from __future__ import annotations
 
 import importlib
 
 from launcher.hypervisor.errors import UnknownBackend
 
-# name -> "module:class"; the lguest and fake backends register here when they land.
+# name -> "module:callable"
 BACKENDS = {
     "kvm": "launcher.hypervisor.kvm:KvmBackend",
+    "lguest": "launcher.hypervisor.lguest:LguestBackend",
 }
+# name -> the bus its devices sit on
+BUSES = {"kvm": "mmio", "lguest": "lguest"}
+
+
+def register_backend(name: str, target: str, *, bus: str) -> None:
+    """Offer another backend under `name` (idempotent)."""
+    if bus not in ("lguest", "mmio"):
+        raise ValueError(f"backend {name}: bus {bus!r} is neither 'lguest' nor 'mmio'")
+    BACKENDS[name] = target
+    BUSES[name] = bus
+
+
+def backend_bus(name: str) -> str:
+    if name not in BACKENDS:
+        raise UnknownBackend(f"no hypervisor backend named {name!r} (known: {', '.join(sorted(BACKENDS))})")
+    return BUSES.get(name, "mmio")
 
 
 def backend_class(name: str):
