@@ -210,7 +210,7 @@ class BlockDevice(VirtioDevice):
             action()
         except OSError as err:
             self.metrics.host_errors += 1
-            self.log.warning("host I/O failed: %s", err)
+            self.log.warning("host I/O failed: %s", str(err))
             return BlkStatus.VIRTIO_BLK_S_IOERR, 0
         return BlkStatus.VIRTIO_BLK_S_OK, data_len
 

@@ -112,7 +112,7 @@ class ConsoleDevice(VirtioDevice):
         except OSError as err:
             # The host side went away (pty closed): drop the output, keep the guest running.
             self.metrics.host_errors += 1
-            self.log.warning("console output dropped: %s", err)
+            self.log.warning("console output dropped: %s", str(err))
         return 0
 
     def close_backend(self) -> None:

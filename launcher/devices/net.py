@@ -177,7 +177,7 @@ class NetDevice(VirtioDevice):
             self.backend.send(chain.readable)
         except OSError as err:
             self.metrics.host_errors += 1
-            self.log.warning("frame dropped on transmit: %s", err)
+            self.log.warning("frame dropped on transmit: %s", str(err))
         return 0
 
     def close_backend(self) -> None:

@@ -35,7 +35,7 @@ class RngDevice(VirtioDevice):
             return self.backend.fill(chain.writable)
         except OSError as err:
             self.metrics.host_errors += 1
-            self.log.warning("entropy source failed: %s", err)
+            self.log.warning("entropy source failed: %s", str(err))
             return 0
 
     def close_backend(self) -> None:
