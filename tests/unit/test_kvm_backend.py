@@ -101,3 +101,46 @@ def test_emulation_failure_names_the_instruction_when_the_host_rejects_it():
     assert event.outcome is Outcome.EMULATION_FAILURE
     assert "`clac`" in event.detail and "0f 01 ca" in event.detail and "clearcpuid=smap" in event.detail
     assert "RIP 0x100000" in event.detail
+
+
+def test_ioeventfd_takes_the_write_instead_of_a_notification():
+    import os
+
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    write_mmio = bytes.fromhex("c704255000001007000000")  # mov dword [0x10000050], 7
+    try:
+        event, _, _, _ = boot(write_mmio + g.HLT,
+                              backend_hook=lambda b: b.attach_eventfd(0x10000050, efd, length=4, datamatch=7))
+        assert event.outcome is Outcome.HALTED  # no Notify: KVM signalled the eventfd itself
+        assert os.eventfd_read(efd) == 1
+    finally:
+        os.close(efd)
+
+
+def test_restart_boots_again_from_fresh_state():
+    out = bytearray()
+    with GuestMemory(4 << 20) as mem:
+        mem.write(0x100000, g.say(b"A") + g.HLT)
+        with KvmBackend(mem, out.extend, irqchip=False) as backend:
+            for _ in range(2):
+                backend.initialize(BootSpec(0x100000, 0x7000, KernelKind.ELF64))
+                assert backend.run(time.monotonic() + 5).outcome is Outcome.HALTED
+                backend.restart()
+    assert out == b"AA"
+
+
+def test_run_before_initialize_is_refused():
+    from launcher.hypervisor.errors import NotInitialized
+
+    with GuestMemory(4 << 20) as mem, KvmBackend(mem, lambda d: None) as backend:
+        with pytest.raises(NotInitialized):
+            backend.run()
+
+
+def test_boot_layout_is_a_pc():
+    with GuestMemory(64 << 20) as mem, KvmBackend(mem, lambda d: None) as backend:
+        layout = backend.boot_layout()
+        assert [(e.addr, e.size) for e in layout.e820] == [(0, 0x9FC00), (0x100000, (64 << 20) - 0x100000)]
+        assert layout.hardware_subarch == 0 and layout.prefer_elf
+        options = [a.option for a in backend.cmdline_additions()]
+        assert options[0] == "console=ttyS0" and any(o.startswith("tsc_early_khz=") for o in options)
