@@ -1,7 +1,12 @@
 """`lguest-harness boot`: the lguest Launcher's command line, on any hypervisor backend.
 
-    lguest-harness boot [--verbose] [--initrd=FILE] [--backend {kvm}] [--timeout SECONDS]
+    lguest-harness boot [--verbose] [--tunnet=(IP:MAC|bridge:NAME:MAC)] [--block=FILE]
+                        [--block-ro=FILE] [--rng] [--initrd=FILE] [--username=USER]
+                        [--chroot=DIR] [--backend {fake,kvm,lguest}] [--timeout SECONDS]
                         MEM_MB KERNEL [KERNEL ARGS...]
+
+On the lguest and fake backends the devices sit on the lguest bus (launcher.lguest_boot);
+on kvm they sit on virtio-mmio.
 
 Exit status: 0 the guest powered off, halted or rebooted; 1 bad input or launcher
 setup failure (one line on stderr); 2 usage error; 3 kernel panic (seen on the console);
@@ -22,9 +27,10 @@ from native.build import NativeBuildError
 
 from launcher.devspec import add_device_arguments
 from launcher.errors import LauncherError
-from launcher.hypervisor import BACKENDS, backend_class
+from launcher.hypervisor import BACKENDS, backend_bus, backend_class, default_backend
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, BootSpec, Notify, Outcome, Stopped
 from launcher.io.console import ConsoleInput, stdout_writer
+from launcher.lguest_boot import Privileges
 from launcher.loader import BootParams, Cmdline, load_initrd, load_kernel_bytes, read_kernel
 from launcher.memory import GuestMemory
 from launcher.symbols import SystemMap
@@ -34,7 +40,6 @@ PROG = "lguest-harness boot"
 DEFAULT_TIMEOUT = 600.0
 MIN_MEM_MB = 2
 MAX_MEM_MB = 3072  # below the 32-bit PCI hole, where KVM's TSS pages live
-LATER_FLAGS = ("username", "chroot")
 
 
 class UsageError(LauncherError):
@@ -44,7 +49,8 @@ class UsageError(LauncherError):
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="say what the launcher does")
     parser.add_argument("--initrd", metavar="FILE", help="initial ram disk, placed at the top of guest RAM")
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="kvm", help="hypervisor backend (default kvm)")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default=default_backend(),
+                        help="hypervisor backend (default: kvm where /dev/kvm exists)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"end the run after this long (default {DEFAULT_TIMEOUT:g}); exit status 4")
     parser.add_argument("--system-map", metavar="FILE", help="System.map for crash reports (default: beside KERNEL)")
@@ -52,8 +58,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write the run's figures (outcome, wall and in-hypervisor seconds, exits) as JSON")
     parser.add_argument("--ready-marker", metavar="TEXT",
                         help="record when TEXT first appears on the console (in --stats-json)")
-    for flag in LATER_FLAGS:  # the original Launcher's flags; refused until they land
-        parser.add_argument(f"--{flag}", metavar="ARG", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--username", metavar="USER", help="once the hypervisor is set up, become USER")
+    parser.add_argument("--chroot", metavar="DIR", help="once the hypervisor is set up, chroot to DIR")
     add_device_arguments(parser)
     parser.add_argument("--hvc", choices=("pty", "stdio", "none"), default=None,
                         help="kvm: the virtio console (hvc0) on a new pty (default when devices are given), "
@@ -103,6 +109,7 @@ class Session:
         self.marker = MarkerClock(getattr(args, "ready_marker", None), self.started)
         self.backend = None
         self.virtio = None      # kvm: the devices on virtio-mmio (launcher.hypervisor.kvm_virtio)
+        self.privileges = Privileges()  # --chroot/--username, applied after initialize
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -110,13 +117,14 @@ class Session:
 
     def run(self) -> int:
         args = self.args
-        for flag in LATER_FLAGS:
-            if getattr(args, flag) is not None:
-                raise UsageError(f"--{flag} is not supported yet by this launcher")
         if args.timeout <= 0:
             raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
         size = _mem_bytes(args.mem_mb)
         kernel = read_kernel(Path(args.kernel))
+        if backend_bus(args.backend) == "lguest":
+            from launcher.lguest_boot import run_lguest
+            return run_lguest(args, size, kernel, say=self.say, deadline=time.monotonic() + args.timeout)
+        self.privileges = Privileges.from_args(args)
         with GuestMemory(size) as memory:
             self.say(f"guest memory: {size >> 20} MiB at host {memory.host_address:#x}")
             backend = backend_class(args.backend)(memory, console_out=self._console_out(),
@@ -177,6 +185,7 @@ class Session:
         for entry in layout.e820:
             self.say(f"e820: {entry.addr:#011x}-{entry.addr + entry.size - 1:#011x} {entry.type.name}")
         backend.initialize(BootSpec(result.entry, layout.boot_params, result.kind))
+        self.privileges.apply(self.say)     # as the original: only once the hypervisor is set up
         return self._run(backend)
 
     def _cmdline(self, backend, capacity: int) -> Cmdline:

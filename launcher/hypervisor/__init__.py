@@ -8,6 +8,7 @@ backend at start-up (harness.fakes.lguest_host.register); the launcher never imp
 from __future__ import annotations
 
 import importlib
+import os
 
 from launcher.hypervisor.errors import UnknownBackend
 
@@ -26,6 +27,14 @@ def register_backend(name: str, target: str, *, bus: str) -> None:
         raise ValueError(f"backend {name}: bus {bus!r} is neither 'lguest' nor 'mmio'")
     BACKENDS[name] = target
     BUSES[name] = bus
+
+
+def default_backend() -> str:
+    """kvm where /dev/kvm exists; else lguest where /dev/lguest does; else kvm (which then
+    says clearly why it cannot run)."""
+    if not os.path.exists("/dev/kvm") and os.path.exists("/dev/lguest"):
+        return "lguest"
+    return "kvm"
 
 
 def backend_bus(name: str) -> str:

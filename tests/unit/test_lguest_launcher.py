@@ -5,7 +5,7 @@ import pytest
 
 from harness.fakes.backends import MemoryConsole, SeededEntropy, net_pair
 from harness.fakes.lguest_host import (
-    FakeLguestGuest, GuestOptions, NotifyAddr, fake_backend,
+    BOOT_ENV, FakeLguestGuest, GuestOptions, NotifyAddr, fake_backend,
 )
 from launcher import devspec as ds
 from launcher.hypervisor.base import Outcome
@@ -60,6 +60,11 @@ def _spec(flag, tmp_path):
         return ds.BlockSpec(str(disk))
     return {"net": ds.NetSpec(interface="10.0.0.1/8", mac=bytes.fromhex("020000000001")),
             "rng": ds.RngSpec()}[flag]
+
+
+@pytest.fixture(autouse=True)
+def first_boot(monkeypatch):
+    monkeypatch.setenv(BOOT_ENV, "0")     # a restart bumps it; setenv's undo removes it again
 
 
 @pytest.fixture
@@ -139,8 +144,7 @@ def test_kernel_reaching_into_the_device_pages(rig):
     (GuestOptions(end="panic", reason="oops"), Outcome.PANIC, "CRASH: Kernel panic - not syncing: oops"),
     (GuestOptions(end="restart"), Outcome.REBOOT, "the guest asked for a restart (ERESTART)"),
 ])
-def test_death_reasons(rig, options, outcome, detail, monkeypatch):
-    monkeypatch.delenv("LGUEST_HARNESS_FAKE_BOOT", raising=False)
+def test_death_reasons(rig, options, outcome, detail):
     stopped = rig(options=options).run()
     assert (stopped.outcome, stopped.detail) == (outcome, detail)
 
