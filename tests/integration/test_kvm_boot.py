@@ -60,3 +60,13 @@ def test_panicking_guest_ends_non_zero_with_the_panic_shown(guest_factory, tmp_p
     guest.expect(r"Kernel panic - not syncing: Attempted to kill init!")
     guest.expect(r"lguest-harness boot: the guest kernel panicked: .*Kernel panic - not syncing")
     assert guest.wait_exit() == 3
+
+
+def test_bzimage_boots_through_its_extracted_vmlinux(guest_factory, kernel):
+    # The loader pulls the compressed vmlinux out of the bzImage (payload_offset/length)
+    # instead of running the in-guest decompressor, which costs ~70 s on this host.
+    guest = guest_factory(kernel_path=kernel.bzimage)
+    guest.expect(READY_MARKER, BOOT_TIMEOUT)
+    guest.expect(PROMPT)
+    guest.console.sendline("poweroff -f")
+    assert guest.wait_exit() == 0
