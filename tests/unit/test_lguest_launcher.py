@@ -191,3 +191,36 @@ def test_console_input_and_net_receive(rig):
 def test_memory_layout_leaves_device_pages_above_ram():
     with lguest_memory(RAM) as mem:
         assert mem.size == RAM + DEVICE_PAGES * 4096
+
+
+# -- loader to launcher: what each kind of image becomes on the lguest bus ----------------------------
+
+def test_bzimage_runs_its_own_decompressor_from_code32_start(rig):
+    from launcher.loader import KernelKind
+    from tests.unit.loader_images import make_bzimage
+    image = make_bzimage(g.elf(g.SPIN, 32), code32_start=0x100000)
+    r = rig()
+    spec = r.boot(kernel=image)
+    assert (spec.kind, spec.entry) == (KernelKind.BZIMAGE, 0x100000)   # not the extracted ELF
+    assert r.memory.read(0x100000, 4) == b"\xf4" * 4                   # the protected-mode code at 1 MiB
+    zero = r.memory.read(0, 4096)
+    assert zero[0x1F1] == 0                # the original left the bzImage's setup header out of the zero page
+    assert r.launcher.run().outcome is Outcome.POWER_OFF
+
+
+@pytest.mark.parametrize("bits,kind", [(32, "ELF32"), (64, "ELF64")])
+def test_elf_entry_reaches_lhreq_initialize(rig, bits, kind):
+    r = rig()
+    r.boot(kernel=g.make_elf(bits, [(0x200000, b"\x90" * 16, 0x1000)], entry=0x200008))
+    assert r.launcher.result.kind.name == kind
+    assert r.host.requests[0][3] == 0x200008
+    assert r.memory.read(0x200000, 16) == b"\x90" * 16
+
+
+def test_not_a_kernel_writes_nothing_to_the_guest(rig):
+    from launcher.loader.errors import NotAKernel
+    r = rig()
+    r.launcher.setup_devices()
+    with pytest.raises(NotAKernel):
+        r.launcher.load(BootFiles(b"#!/bin/sh\n" * 100))
+    assert r.memory.read(0, 4096) == bytes(4096) and r.host.requests == []
