@@ -65,11 +65,12 @@ class Launcher:
 
     def __init__(self, memory: GuestMemory, ram_size: int, backend, devices: list, *,
                  out: Callable[[bytes], None], say: Callable[[str], None] = _quiet,
-                 after_initialize: Callable[[], None] = lambda: None):
+                 after_initialize: Callable[[], None] = lambda: None, labels: list[str] | None = None):
         self.memory, self.ram_size, self.backend = memory, ram_size, backend
         self.devices = devices
         self.out, self.say = out, say
         self.after_initialize = after_initialize
+        self.labels = labels        # what --verbose calls each device (default: from the model)
         self.page: LguestDevicePage | None = None
         self._attached: set[int] = set()     # id() of devices whose queues have eventfds
         self.result: LoadResult | None = None
@@ -82,7 +83,8 @@ class Launcher:
             entry = self.page.add(device)
             for queue in entry.queues:
                 self.say(f"Virtqueue page {queue.addr:#x}")
-            self.say(f"device {number}: {_describe(device)}")
+            label = self.labels[number - 1] if self.labels else _describe(device)
+            self.say(f"device {number}: {label}")
 
     @property
     def guest_limit(self) -> int:

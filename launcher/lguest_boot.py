@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from launcher.devspec import HostBackends, build_devices, close_devices, device_specs
+from launcher.devspec import BlockSpec, HostBackends, NetSpec, build_devices, close_devices, device_specs
 from launcher.errors import LauncherError
 from launcher.hypervisor import backend_class
 from launcher.hypervisor.base import Outcome, Stopped
@@ -127,7 +127,8 @@ def run_lguest(args, mem_bytes: int, kernel: bytes, *, say: Callable[[str], None
         backend = backend_class(args.backend)(memory, None, ram_size=mem_bytes, **env.backend_options)
         devices = build_devices(specs, env.backends)
         launcher = Launcher(memory, mem_bytes, backend, devices, out=env.out or stdout_writer(), say=say,
-                            after_initialize=lambda: privileges.apply(say))
+                            after_initialize=lambda: privileges.apply(say),
+                            labels=[_label(spec, device) for spec, device in zip(specs, devices)])
         launcher.setup_devices()
         launcher.initialize(launcher.load(files))
         stopped = _run(launcher, backend, deadline)
@@ -141,6 +142,16 @@ def run_lguest(args, mem_bytes: int, kernel: bytes, *, say: Callable[[str], None
         say("the guest asked for a restart: executing the launcher again")
         restart_launcher(env.argv or original_argv(), execv=env.execv, close_fds=env.close_fds)
     return _report(stopped, err)
+
+
+def _label(spec, device) -> str:
+    """The original's "device N: ..." wording."""
+    if isinstance(spec, NetSpec):
+        tap = getattr(device.backend, "name", "?")
+        return f"tun {tap} attached to bridge: {spec.bridge}" if spec.bridge else f"tun {tap}: {spec.interface}"
+    if isinstance(spec, BlockSpec):
+        return f"virtblock {device.capacity} sectors" + (" (read-only)" if spec.read_only else "")
+    return spec.describe()
 
 
 def _run(launcher: Launcher, backend, deadline: float | None) -> Stopped:

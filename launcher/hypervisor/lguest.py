@@ -23,6 +23,7 @@ import os
 import signal
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -274,7 +275,6 @@ class LguestBackend(Backend):
     def _start_deadline(self, deadline: float | None):
         if deadline is None:
             return None
-        import time
         timer = threading.Timer(max(0.0, deadline - time.monotonic()),
                                 lambda: self.request_stop(Outcome.TIMEOUT, "the deadline passed"))
         timer.daemon = True

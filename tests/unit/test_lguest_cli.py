@@ -147,3 +147,14 @@ def test_fake_backend_end_to_end_from_the_command_line(kernel, tmp_path):
     assert "lguest-harness boot: device 2: virtblock 8 sectors" in err
     assert "the guest asked for a restart: executing the launcher again" in err
     assert err.rstrip().endswith("lguest-harness boot: the guest powered off: CRASH: Power down")
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--username=no-such-user-here", "--username=no-such-user-here: no such user"),
+    ("--chroot=/nonexistent/dir", "--chroot=/nonexistent/dir: no such directory"),
+])
+def test_kvm_checks_the_privilege_flags_before_it_starts(flag, message, kernel, capsys):
+    from launcher import cli
+    assert cli.main([flag, "--backend=kvm", "8", str(kernel)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
