@@ -20,6 +20,8 @@ from launcher.loader.result import KernelKind, LoadResult, Segment
 ELF_MAGIC = b"\x7fELF"
 PHDR_SIZE = {32: 32, 64: 56}
 MACHINE = {32: "EM_386", 64: "EM_X86_64"}
+# pyelftools' ways of saying "garbage" (OverflowError: offsets near 2**63, found by test_loader_props)
+_GARBAGE = (ELFError, ValueError, KeyError, OSError, EOFError, OverflowError, struct.error)
 
 
 def is_elf(data: bytes) -> bool:
@@ -77,7 +79,7 @@ def validate_elf(data: bytes, mem_size: int, what: str = "kernel") -> tuple[int,
         elfclass = elf.elfclass
         _check_header(header, elfclass, what)
         segments = _segments(elf, len(data), mem_size, what)
-    except (ELFError, ValueError, KeyError, OSError, EOFError, struct.error) as exc:  # pyelftools' ways of saying "garbage"
+    except _GARBAGE as exc:
         raise ElfMalformed(f"{what}: malformed ELF headers ({exc})") from exc
     entry = header["e_entry"]
     if not 0 <= entry < mem_size:
