@@ -94,7 +94,10 @@ class Vcpu:
     def kick(self) -> None:
         """From any thread: make the current or next KVM_RUN return promptly."""
         self.immediate_exit = 1
-        if self.thread_id is not None and self.thread_id != threading.get_ident():
+        # Without our handler the signal's default action would kill the process; then
+        # immediate_exit alone must do (it ends the next KVM_RUN, not a blocked one).
+        handled = callable(signal.getsignal(KICK_SIGNAL))
+        if handled and self.thread_id is not None and self.thread_id != threading.get_ident():
             try:
                 signal.pthread_kill(self.thread_id, KICK_SIGNAL)
             except ProcessLookupError:

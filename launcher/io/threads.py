@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 
-SHIELDED = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM}
+SHIELDED = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM}
 
 
 def start_shielded(target, name: str) -> threading.Thread:
