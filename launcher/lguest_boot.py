@@ -47,6 +47,10 @@ class PrivilegeDropFailed(LauncherError):
     """initgroups, setresgid or setresuid failed."""
 
 
+class RestartFailed(LauncherError):
+    """The guest asked for a reboot and the launcher could not exec itself again."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Privileges:
     """What to do once the hypervisor is initialised: chroot, then become the user."""
@@ -95,7 +99,10 @@ def restart_launcher(argv: list[str], *, execv: Callable = os.execv, close_fds: 
     """restart_guest: close every fd above stderr, then exec argv afresh."""
     if close_fds:
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    execv(argv[0], argv)
+    try:
+        execv(argv[0], argv)
+    except OSError as err:      # e.g. the interpreter is not inside --chroot
+        raise RestartFailed(f"could not exec {argv[0]} to restart the guest: {err.strerror}") from err
 
 
 @dataclasses.dataclass

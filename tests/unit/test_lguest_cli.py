@@ -158,3 +158,11 @@ def test_kvm_checks_the_privilege_flags_before_it_starts(flag, message, kernel, 
     assert cli.main([flag, "--backend=kvm", "8", str(kernel)]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_failed_reexec_is_one_line():
+    def execv(path, argv):
+        raise FileNotFoundError(2, "No such file or directory")
+    with pytest.raises(lguest_boot.RestartFailed, match="could not exec /gone/python to restart the guest: "
+                                                        "No such file or directory"):
+        lguest_boot.restart_launcher(["/gone/python", "-m", "harness.cli"], execv=execv, close_fds=False)
