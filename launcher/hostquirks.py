@@ -33,12 +33,15 @@ class KernelOption:
         return self.key if self.value is None else f"{self.key}={self.value}"
 
 
+_PVM = "kvm_pvm detected (/sys/module/kvm_pvm): "
 PVM_OPTIONS = (
-    KernelOption("noxsave", None, "kvm_pvm cannot emulate xrstor in guest kernel code"),
-    KernelOption("clearcpuid", "smap,popcnt", "kvm_pvm cannot emulate clac/stac or popcnt; CPUID masking has no effect"),
-    KernelOption("rodata", "off", "as the measured kvm_pvm boot used"),
+    KernelOption("noxsave", None, _PVM + "its emulator cannot run xrstor in guest kernel code"),
+    KernelOption("clearcpuid", "smap,popcnt",
+                 _PVM + "its emulator cannot run clac/stac or popcnt, and CPUID masking has no effect there"),
+    KernelOption("rodata", "off", _PVM + "as the measured kvm_pvm boots used"),
     KernelOption("kvm_pvm_quirks", None,
-                 "enables the guest patch's syscall workaround: kvm_pvm mis-delivers the first user-space syscall"),
+                 _PVM + "enables the guest patch's syscall workaround (the first user-space syscall is "
+                 "mis-delivered); never use it elsewhere"),
 )
 
 
