@@ -23,6 +23,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from launcher.devices.base import DeviceStatus
 from launcher.errors import HypervisorError, LoaderError
 from launcher.hypervisor.base import BootSpec, Notify, Outcome, Stopped
 from launcher.loader import BootParams, Cmdline, LoadResult, load_initrd, load_kernel_bytes
@@ -65,10 +66,12 @@ class Launcher:
 
     def __init__(self, memory: GuestMemory, ram_size: int, backend, devices: list, *,
                  out: Callable[[bytes], None], say: Callable[[str], None] = _quiet,
-                 after_initialize: Callable[[], None] = lambda: None, labels: list[str] | None = None):
+                 after_initialize: Callable[[], None] = lambda: None, labels: list[str] | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.memory, self.ram_size, self.backend = memory, ram_size, backend
         self.devices = devices
         self.out, self.say = out, say
+        self.warn = warn or say     # always shown by the CLI, as the original's warnx
         self.after_initialize = after_initialize
         self.labels = labels        # what --verbose calls each device (default: from the model)
         self.page: LguestDevicePage | None = None
@@ -170,6 +173,8 @@ class Launcher:
             if device.active and id(device) not in before:
                 self._device_started(entry)
             elif not device.active and id(device) in before:
+                if device.status & DeviceStatus.FAILED:
+                    self.warn(f"Device {device.name} configuration FAILED")
                 self.say(f"Resetting device {device.name}")
 
     def _device_started(self, entry: LguestEntry) -> None:

@@ -135,7 +135,8 @@ def run_lguest(args, mem_bytes: int, kernel: bytes, *, say: Callable[[str], None
         devices = build_devices(specs, env.backends)
         launcher = Launcher(memory, mem_bytes, backend, devices, out=env.out or stdout_writer(), say=say,
                             after_initialize=lambda: privileges.apply(say),
-                            labels=[_label(spec, device) for spec, device in zip(specs, devices)])
+                            labels=[_label(spec, device) for spec, device in zip(specs, devices)],
+                            warn=lambda text: print(f"{PROG}: {text}", file=err, flush=True))
         launcher.setup_devices()
         launcher.initialize(launcher.load(files))
         stopped = _run(launcher, backend, deadline)

@@ -47,6 +47,7 @@ DESC = struct.Struct("<BBBBB")
 VQCONFIG = struct.Struct("<HHI")
 ACK, DRIVER, DRIVER_OK, FAILED = 1, 2, 4, 0x80
 CONSOLE, NET, BLOCK, RNG = 3, 1, 2, 4
+NAMES = {CONSOLE: "console", BLOCK: "block", NET: "net", RNG: "rng"}
 
 # Feature bits the fake drivers understand (they accept the offered ones among these).
 DRIVER_FEATURES = {NET: 1 << 5, BLOCK: (1 << 5) | (1 << 9), CONSOLE: 0, RNG: 0}
@@ -94,6 +95,8 @@ class GuestOptions:
     console_rx: bool = False     # wait for one buffer of console input and echo it
     net_rx: bool = False         # wait for one received frame
     timeout: float = 5.0         # per wait for the device
+    reprobe: bool = False        # then reset every device (status 0) and probe it again
+    fail: str = ""               # finally set FAILED on devices of this name (console, block, ...)
 
     @classmethod
     def from_cmdline(cls, text: str) -> "GuestOptions":
@@ -154,10 +157,21 @@ class FakeLguestGuest:
         devices = self.scan_devices(ram)
         for dev in devices:
             yield from self.probe(dev)
+        if self.options.reprobe:
+            for dev in devices:
+                yield from self.set_status(dev, 0)       # reset: the Launcher stops its threads
+            for dev in devices:
+                # After a reset the queues' eventfds stay attached and the device's threads
+                # are stopped: a kick before DRIVER_OK would go unheard (as in the original).
+                yield from self.probe(dev, use_before_driver_ok=False)
+            self.results["reprobed"] = len(devices)
         summary = ", ".join(self.results_line(d) for d in devices)
         console = next((d for d in devices if d.type == CONSOLE), None)
         if console is not None:
             yield from self.console_write(console, f"fake lguest guest: {summary}\n".encode())
+        for dev in devices:
+            if NAMES.get(dev.type) == self.options.fail:
+                yield from self.set_status(dev, ACK | DRIVER | DRIVER_OK | FAILED)
         yield self.ending(boot)
 
     def ending(self, boot: int):
@@ -219,20 +233,22 @@ class FakeLguestGuest:
         self.expect(now == status, f"device type {dev.type} at {dev.addr:#x}: status {status:#x} "
                                    f"read back as {now:#x}")
 
-    def probe(self, dev: FoundDevice) -> Iterator:
+    def probe(self, dev: FoundDevice, use_before_driver_ok: bool = True) -> Iterator:
         """As virtio_dev_probe on lguest: ACK, DRIVER, features, rings, (use), DRIVER_OK."""
         yield from self.set_status(dev, ACK)
         yield from self.set_status(dev, ACK | DRIVER)
         dev.accepted = dev.offered & DRIVER_FEATURES.get(dev.type, 0)
         self.memory.write(dev.accepted_addr, dev.accepted.to_bytes(dev.feature_len, "little"))
         dev.drivers = [self.make_driver(num, pfn) for num, _irq, pfn in dev.queues]
-        if dev.type == BLOCK:
+        if dev.type == BLOCK and use_before_driver_ok:
             # The disk is used before DRIVER_OK (it reads partitions during probe): the
             # Launcher must start the device on the kick, as the original did.
             yield from self.exercise_block(dev)
         yield from self.set_status(dev, ACK | DRIVER | DRIVER_OK)
         exercise = {CONSOLE: self.exercise_console, NET: self.exercise_net, RNG: self.exercise_rng}
-        if dev.type in exercise:
+        if dev.type == BLOCK and not use_before_driver_ok:
+            yield from self.exercise_block(dev)
+        elif dev.type in exercise:
             yield from exercise[dev.type](dev)
 
     def make_driver(self, num: int, pfn: int) -> FakeDriver:
@@ -324,7 +340,7 @@ class FakeLguestGuest:
         self.results["rng"] = data
 
     def results_line(self, dev: FoundDevice) -> str:
-        name = {CONSOLE: "console", BLOCK: "block", NET: "net", RNG: "rng"}.get(dev.type, f"type {dev.type}")
+        name = NAMES.get(dev.type, f"type {dev.type}")
         return f"{name} ok" if name in self.results else f"{name} seen"
 
     def expect(self, ok, message: str) -> None:

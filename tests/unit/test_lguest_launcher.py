@@ -224,3 +224,23 @@ def test_not_a_kernel_writes_nothing_to_the_guest(rig):
     with pytest.raises(NotAKernel):
         r.launcher.load(BootFiles(b"#!/bin/sh\n" * 100))
     assert r.memory.read(0, 4096) == bytes(4096) and r.host.requests == []
+
+
+def test_reset_and_probe_again_reuses_the_eventfds(rig, tmp_path):
+    r = rig("block", "rng", options=GuestOptions(reprobe=True, timeout=3))
+    assert r.run().outcome is Outcome.POWER_OFF, r.host.dead
+    assert r.host.guest.results["reprobed"] == 3
+    assert r.said.count("Resetting device block") == 1 and r.said.count("Device rng OK: offered, accepted") == 2
+    attached = [req[1] for req in r.host.requests if req[0] == "LHREQ_EVENTFD"]
+    assert len(attached) == len(set(attached)) == 2 + 1 + 1      # once per queue, never again
+    assert r.console.output.count(b"hello through virtio-console") == 2
+    assert all(d.active for d in r.devices)         # live again after the second DRIVER_OK
+
+
+def test_failed_status_is_warned_and_stops_the_device(rig):
+    warnings = []
+    r = rig("rng", options=GuestOptions(fail="rng", timeout=3))
+    r.launcher.warn = warnings.append
+    assert r.run().outcome is Outcome.POWER_OFF
+    assert warnings == ["Device rng configuration FAILED"]
+    assert not r.devices[1].active and r.devices[0].active
