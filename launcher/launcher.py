@@ -96,6 +96,7 @@ class Launcher:
 
     # -- 2. kernel, initrd, boot header --------------------------------------------------------------
     def load(self, files: BootFiles) -> BootSpec:
+        """Kernel, initrd, command line and zero page where the backend's BootLayout says."""
         layout = self.backend.boot_layout()
         self.say(f"Guest base is at {self.memory.host_address:#x}")
         result = load_kernel_bytes(self.memory, files.kernel, prefer_elf=layout.prefer_elf)
@@ -103,22 +104,30 @@ class Launcher:
             raise KernelOverlapsDevices(result.end, self.ram_size)
         for number, seg in enumerate(result.segments):
             self.say(f"Section {number}: size {seg.memsz} addr {seg.paddr:#x}")
-        ramdisk = (0, 0)
-        if files.initrd is not None:
-            placed = load_initrd(self.memory, files.initrd, kernel_end=result.end,
-                                 max_end=layout.initrd_max_end)
-            ramdisk = (placed.addr, placed.size)
-            self.say(f"mapped initrd {files.initrd} size={placed.size} @ {placed.addr:#x}")
-        cmdline = Cmdline(layout.cmdline_capacity)
-        if files.kernel_args:
-            cmdline.insert_str(" ".join(files.kernel_args))
-        params = BootParams(cmd_line_ptr=layout.cmdline, e820=layout.e820,
-                            hardware_subarch=layout.hardware_subarch, loadflags=layout.loadflags,
-                            version=layout.version, ramdisk_image=ramdisk[0], ramdisk_size=ramdisk[1])
-        self.memory.write(layout.cmdline, cmdline.as_bytes())
-        self.memory.write(layout.boot_params, params.render())
+        ramdisk = self._load_initrd(files.initrd, result.end, layout.initrd_max_end)
+        self._write_boot_header(layout, files.kernel_args, ramdisk)
         self.result = result
         return BootSpec(result.entry, layout.boot_params, result.kind)
+
+    def _load_initrd(self, path: Path | None, kernel_end: int, max_end: int | None) -> tuple[int, int]:
+        if path is None:
+            return 0, 0
+        placed = load_initrd(self.memory, path, kernel_end=kernel_end, max_end=max_end)
+        self.say(f"mapped initrd {path} size={placed.size} @ {placed.addr:#x}")
+        return placed.addr, placed.size
+
+    def _write_boot_header(self, layout, kernel_args: tuple[str, ...], ramdisk: tuple[int, int]) -> None:
+        """The zero page (single-region e820, lguest subarch, KEEP_SEGMENTS) and the
+        command line after it, both validated before either is written."""
+        cmdline = Cmdline(layout.cmdline_capacity)
+        if kernel_args:
+            cmdline.insert_str(" ".join(kernel_args))
+        zero_page = BootParams(cmd_line_ptr=layout.cmdline, e820=layout.e820,
+                               hardware_subarch=layout.hardware_subarch, loadflags=layout.loadflags,
+                               version=layout.version, ramdisk_image=ramdisk[0],
+                               ramdisk_size=ramdisk[1]).render()
+        self.memory.write(layout.cmdline, cmdline.as_bytes())
+        self.memory.write(layout.boot_params, zero_page)
 
     # -- 3. tell the host ------------------------------------------------------------------------------
     def initialize(self, boot: BootSpec) -> None:
