@@ -20,7 +20,7 @@ import os
 import pwd
 import signal
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -129,7 +129,6 @@ def run_lguest(args, mem_bytes: int, kernel: bytes, *, say: Callable[[str], None
     memory = lguest_memory(mem_bytes)
     devices: list = []
     backend = None
-    reboot = False
     try:
         backend = backend_class(args.backend)(memory, None, ram_size=mem_bytes, **env.backend_options)
         devices = build_devices(specs, env.backends)
@@ -140,16 +139,24 @@ def run_lguest(args, mem_bytes: int, kernel: bytes, *, say: Callable[[str], None
         launcher.setup_devices()
         launcher.initialize(launcher.load(files))
         stopped = _run(launcher, backend, deadline)
-        reboot = stopped.outcome is Outcome.REBOOT
     finally:
-        close_devices(devices)      # threads joined, backends closed, tty restored
-        if backend is not None:
-            backend.close()
-        memory.close()
-    if reboot:
+        _close_all(devices, backend, memory)
+    if stopped.outcome is Outcome.REBOOT:
         say("the guest asked for a restart: executing the launcher again")
         restart_launcher(env.argv or original_argv(), execv=env.execv, close_fds=env.close_fds)
     return _report(stopped, err)
+
+
+def _close_all(devices: list, backend, memory) -> None:
+    """Devices first (threads joined, backends closed, tty restored), then the host side."""
+    try:
+        close_devices(devices)
+    finally:
+        try:
+            if backend is not None:
+                backend.close()
+        finally:
+            memory.close()
 
 
 def _label(spec, device) -> str:
@@ -173,7 +180,6 @@ def _run(launcher: Launcher, backend, deadline: float | None) -> Stopped:
 
 
 def _on_main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -183,6 +189,3 @@ def _report(stopped: Stopped, err) -> int:
     print(f"\r\n{PROG}: {outcome.text}: {stopped.detail}", file=err, flush=True)
     return outcome.exit_status
 
-
-def deadline_after(seconds: float | None) -> float | None:
-    return None if seconds is None else time.monotonic() + seconds
