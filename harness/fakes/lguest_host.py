@@ -369,7 +369,6 @@ class FakeLguestHost:
         self.break_pending = False
         self.opens = self.closes = 0
         self.boot_number = int(os.environ.get(BOOT_ENV, "0") or 0)
-        self._told_enoent = False
         self._script: Iterator | None = None
         self._cond = threading.Condition()
 
@@ -447,8 +446,7 @@ class FakeLguestHost:
         if offset != 0:
             self._refuse(errno.EINVAL, f"pread offset {offset} is not cpu 0 (the only cpu)")
         if self.dead is not None:
-            if not self._told_enoent:
-                self._refuse(errno.EINVAL, "pread for the reason before ENOENT")
+            # After the ENOENT that reported the death, a read returns the reason (lguest_user.c).
             return (self.dead.encode() + b"\0")[:size]
         if size != self.abi.size:
             self._refuse(errno.EINVAL, f"pread of {size} bytes to run the guest, not one {self.abi.size}-byte word")
@@ -470,7 +468,7 @@ class FakeLguestHost:
                 for fd in fds:
                     os.eventfd_write(fd, 1)
             elif isinstance(event, Die):
-                self.dead, self._told_enoent = event.reason, True
+                self.dead = event.reason
                 raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
             elif isinstance(event, Restart):
                 self.restarting = True
