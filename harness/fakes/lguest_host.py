@@ -88,7 +88,7 @@ class GuestCheckFailed(Exception):
 @dataclasses.dataclass
 class GuestOptions:
     """`fake.KEY=VALUE` on the kernel command line."""
-    end: str = "poweroff"        # poweroff | panic | die | restart
+    end: str = "poweroff"        # poweroff | panic | die | restart | hang
     reason: str = "scripted death"
     restarts: int = 0            # with end=poweroff: restart this many times first (BOOT_ENV)
     sector: int = 0              # the block sector written and read back
@@ -172,6 +172,8 @@ class FakeLguestGuest:
         for dev in devices:
             if NAMES.get(dev.type) == self.options.fail:
                 yield from self.set_status(dev, ACK | DRIVER | DRIVER_OK | FAILED)
+        if self.options.end == "hang":
+            yield from self.hang()
         yield self.ending(boot)
 
     def ending(self, boot: int):
@@ -184,6 +186,13 @@ class FakeLguestGuest:
         if opts.end == "die":
             return Die(opts.reason)
         return Die(POWER_DOWN)
+
+    def hang(self) -> Iterator:
+        """Spin in the guest forever; only the Launcher breaking out (LHREQ_BREAK) ends a run."""
+        while True:
+            if self.host.break_pending:
+                yield Pause()
+            self.host.wait_irq(0.05)
 
     # -- boot header ------------------------------------------------------------------------------
     def check_boot_header(self) -> int:

@@ -166,3 +166,23 @@ def test_failed_reexec_is_one_line():
     with pytest.raises(lguest_boot.RestartFailed, match="could not exec /gone/python to restart the guest: "
                                                         "No such file or directory"):
         lguest_boot.restart_launcher(["/gone/python", "-m", "harness.cli"], execv=execv, close_fds=False)
+
+
+def test_timeout_breaks_out_of_a_hung_guest(kernel, capfd):
+    assert boot(["--backend=fake", "--timeout=0.2", "8", str(kernel), "fake.end=hang"]) == 4
+    assert capfd.readouterr().err.endswith("lguest-harness boot: the run timed out: the deadline passed\n")
+
+
+def test_sigterm_ends_a_hung_guest(kernel):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "boot", "--backend=fake", "8", str(kernel),
+                             "fake.end=hang"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()       # the early console: the guest is running
+        assert line.startswith(b"fake lguest guest: boot")
+        proc.send_signal(15)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.decode().endswith("the launcher was interrupted: SIGTERM\n")
