@@ -186,3 +186,16 @@ def test_sigterm_ends_a_hung_guest(kernel):
     finally:
         proc.kill()
     assert proc.returncode == 130 and err.decode().endswith("the launcher was interrupted: SIGTERM\n")
+
+
+def test_tunnet_makes_a_real_tap_in_a_private_netns(kernel):
+    """--tunnet through devspec to a tap with the address's class netmask, in `unshare -n`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-m", "harness.cli", "boot", "--backend=fake", "-v",
+                           "--tunnet=10.77.0.1:52:54:00:12:34:56", "8", str(kernel)],
+                          cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "device 2: tun tap0: 10.77.0.1/8" in err
+    assert "Device net OK: offered a3 3b 00 11, accepted 20 00 00 00" in err    # MAC accepted
+    assert "fake lguest guest: console ok, net ok" in out
