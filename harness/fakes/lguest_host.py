@@ -87,9 +87,9 @@ class GuestCheckFailed(Exception):
 
 @dataclasses.dataclass
 class GuestOptions:
-    """`fake.KEY=VALUE` on the kernel command line."""
+    """`fake.KEY=VALUE` on the kernel command line; an unknown KEY kills the guest with a reason."""
     end: str = "poweroff"        # poweroff | panic | die | restart | hang
-    reason: str = "scripted death"
+    reason: str = "scripted death"   # for die/panic; "_" stands for a space
     restarts: int = 0            # with end=poweroff: restart this many times first (BOOT_ENV)
     sector: int = 0              # the block sector written and read back
     console_rx: bool = False     # wait for one buffer of console input and echo it
