@@ -62,12 +62,9 @@ class ConsoleInput:
             if os.isatty(self.fd):
                 self._saved = termios.tcgetattr(self.fd)
                 atexit.register(self.restore)
+                # Fully raw, output included: the guest's bytes must reach the terminal
+                # unchanged (it sends \r\n itself; ONLCR would make that \r\r\n).
                 tty.setraw(self.fd)
-                # Keep output processing: the guest sends \r\n anyway, and the launcher's own
-                # messages on stderr (\n only) would otherwise staircase across the screen.
-                attrs = termios.tcgetattr(self.fd)
-                attrs[1] |= termios.OPOST | termios.ONLCR
-                termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
         except (OSError, termios.error):
             self._saved = None
         start_shielded(self._read_loop, "console-input")

@@ -1,6 +1,7 @@
-"""Real guests: the recipe kernel and initramfs (session fixtures, cached by hash on disk),
-and a factory that owns every launcher it spawns, kills leftovers and dumps the console
-of a failed test (after Firecracker's microvm_factory)."""
+"""Real guests straight from `lguest-harness boot`: the recipe kernel and initramfs (session
+fixtures, cached by hash on disk) and launcher_factory, which owns every launcher it
+spawns and checks none survives (after Firecracker's microvm_factory).  Failures quote
+the console tail.  (harness.plugin's guest fixtures sit on top of the same command.)"""
 from __future__ import annotations
 
 import os
@@ -29,13 +30,6 @@ def initramfs(tmp_path_factory):
     return build_initramfs(tmp_path_factory.mktemp("initramfs") / "initramfs.cpio")
 
 
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"report_{report.when}", report)
-
-
 class Guest:
     """One `lguest-harness boot` under pexpect; `console` is the pexpect child."""
 
@@ -61,7 +55,7 @@ class Guest:
 
 
 @pytest.fixture(scope="module")
-def guest_factory(request, kernel, initramfs):
+def launcher_factory(kernel, initramfs):
     guests: list[Guest] = []
 
     def boot(*kernel_args: str, mem_mb: int = MEM_MB, initrd: Path | None = None, kernel_path=None) -> Guest:
@@ -70,7 +64,6 @@ def guest_factory(request, kernel, initramfs):
         console = pexpect.spawn(sys.executable, ["-m", "harness.cli", *argv], encoding="utf-8",
                                 codec_errors="replace", timeout=BOOT_TIMEOUT, env=os.environ.copy(),
                                 dimensions=(50, 200))
-        console.logfile_read = _Transcript()
         guest = Guest(console, argv)
         guests.append(guest)
         return guest
@@ -80,16 +73,3 @@ def guest_factory(request, kernel, initramfs):
         if guest.console.isalive():
             guest.console.terminate(force=True)
         assert not guest.console.isalive(), f"launcher {guest.argv} survived termination"
-
-
-class _Transcript:
-    """Keeps everything the guest printed, for failure reports."""
-
-    def __init__(self):
-        self.text = []
-
-    def write(self, data):
-        self.text.append(data)
-
-    def flush(self):
-        pass

@@ -18,8 +18,8 @@ PROMPT = "# "
 
 
 @pytest.fixture(scope="module")
-def booted(guest_factory):
-    guest = guest_factory(TOKEN)
+def booted(launcher_factory):
+    guest = launcher_factory(TOKEN)
     guest.started = time.monotonic()
     guest.expect(READY_MARKER, BOOT_TIMEOUT)
     guest.expect(PROMPT)
@@ -52,20 +52,20 @@ class TestBootedGuest:
         assert booted.wait_exit(COMMAND_TIMEOUT) == 0
 
 
-def test_panicking_guest_ends_non_zero_with_the_panic_shown(guest_factory, tmp_path):
+def test_panicking_guest_ends_non_zero_with_the_panic_shown(launcher_factory, tmp_path):
     # An /init that exits: the kernel panics with "Attempted to kill init!".
     initrd = build_initramfs(tmp_path / "exit.cpio", init_script="#!/bin/sh\necho init exiting\nexit 7\n")
-    guest = guest_factory(initrd=initrd)
+    guest = launcher_factory(initrd=initrd)
     guest.expect("init exiting", BOOT_TIMEOUT)
     guest.expect(r"Kernel panic - not syncing: Attempted to kill init!")
     guest.expect(r"lguest-harness boot: the guest kernel panicked: .*Kernel panic - not syncing")
     assert guest.wait_exit() == 3
 
 
-def test_bzimage_boots_through_its_extracted_vmlinux(guest_factory, kernel):
+def test_bzimage_boots_through_its_extracted_vmlinux(launcher_factory, kernel):
     # The loader pulls the compressed vmlinux out of the bzImage (payload_offset/length)
     # instead of running the in-guest decompressor, which costs ~70 s on this host.
-    guest = guest_factory(kernel_path=kernel.bzimage)
+    guest = launcher_factory(kernel_path=kernel.bzimage)
     guest.expect(READY_MARKER, BOOT_TIMEOUT)
     guest.expect(PROMPT)
     guest.console.sendline("poweroff -f")

@@ -42,3 +42,13 @@ def test_signals_end_the_run_with_130(spinning, signum):
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert b"interrupted" in err and b"Traceback" not in err
+
+
+def test_console_bytes_reach_the_terminal_unchanged(tmp_path):
+    # Raw mode covers output too: "\r\n" and "\n" from the guest arrive exactly as sent.
+    path = tmp_path / "vmlinux"
+    path.write_bytes(g.elf(g.say(b"a\r\nb\nc\x00\xff\n") + g.RESET + g.SPIN))
+    child = pexpect.spawn(sys.executable, ["-m", "harness.cli", "boot", "--timeout=60", "4", str(path)],
+                          timeout=30)
+    child.expect(pexpect.EOF)
+    assert b"a\r\nb\nc\x00\xff\n" in child.before
