@@ -32,6 +32,7 @@ from launcher.hypervisor.base import (
     Backend, BootLayout, BootSpec, ConsoleOut, Notify, Outcome, RunEvent, RunStats, Stopped,
 )
 from launcher.hypervisor.errors import BackendUnavailable, NotInitialized
+from launcher.io.threads import start_shielded
 from launcher.loader import E820Entry, HardwareSubarch, LoadFlags
 
 DEV_LGUEST = "/dev/lguest"
@@ -229,7 +230,7 @@ class LguestBackend(Backend):
             return self._stop
         finally:
             if timer is not None:
-                timer.cancel()
+                timer.set()
             if previous is not None:
                 signal.signal(BREAK_SIGNAL, previous)
 
@@ -272,14 +273,18 @@ class LguestBackend(Backend):
             return f"the guest died (reading the reason failed: {err.strerror})"
         return raw.split(b"\0", 1)[0].decode(errors="replace") or "the guest died (no reason given)"
 
-    def _start_deadline(self, deadline: float | None):
+    def _start_deadline(self, deadline: float | None) -> threading.Event | None:
+        """A helper thread that stops the run at the deadline; set the event to cancel it.
+        Shielded, so SIGINT/SIGTERM still land on the thread blocked in pread."""
         if deadline is None:
             return None
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()),
-                                lambda: self.request_stop(Outcome.TIMEOUT, "the deadline passed"))
-        timer.daemon = True
-        timer.start()
-        return timer
+        cancelled = threading.Event()
+
+        def watch():
+            if not cancelled.wait(max(0.0, deadline - time.monotonic())):
+                self.request_stop(Outcome.TIMEOUT, "the deadline passed")
+        start_shielded(watch, "lguest-deadline")
+        return cancelled
 
     def _arm_break_signal(self):
         """On the main thread, a handler that leaves pread when a stop is pending."""
