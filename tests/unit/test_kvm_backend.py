@@ -144,3 +144,20 @@ def test_boot_layout_is_a_pc():
         assert layout.hardware_subarch == 0 and layout.prefer_elf
         options = [a.option for a in backend.cmdline_additions()]
         assert options[0] == "console=ttyS0" and any(o.startswith("tsc_early_khz=") for o in options)
+
+
+def test_mmio_reads_come_from_the_bus():
+    # mov eax, [0x10000004] ; out dx(=COM1), al ; mov eax, [0x20000000] ; out dx, al ; hlt
+    code = (g.MOV_DX_COM1 + bytes.fromhex("8b042504000010") + b"\xee"
+            + bytes.fromhex("8b042500000020") + b"\xee" + g.HLT)
+
+    class Device:
+        def read(self, offset, size):
+            return 0x41 + offset  # 'E' at offset 4
+
+        def write(self, offset, size, value):
+            raise AssertionError("no writes expected")
+
+    event, out, _, _ = boot(code, backend_hook=lambda b: b.mmio.register(0x10000000, 0x1000, Device()))
+    assert event.outcome is Outcome.HALTED
+    assert out == b"E\xff"  # the device's byte, then the unclaimed default
