@@ -114,7 +114,8 @@ class Guest:
         begin, end = f"LH{token}B", f"LH{token}E"
         self.sendline(f"echo LH{token}''B; {command}; echo LH{token}''E:$?")
         self.expect(re.escape(begin) + r"\r?\n", timeout)
-        self.expect(re.escape(end) + r":(\d+)", timeout)
+        # The line end too: "E:1" of an exit status 127 may arrive before the "27".
+        self.expect(re.escape(end) + r":(\d+)\r?\n", timeout)
         output = self.child.before.replace("\r\n", "\n")
         status = int(self.child.match.group(1))
         self.expect(re.escape(self.prompt), timeout)

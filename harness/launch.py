@@ -2,6 +2,11 @@
 
 The launcher's own log (stderr, --verbose) goes to a file of its own so the console
 stream stays the guest's; both are kept for failure reports.
+
+On backend "fake" the guest is harness.fakes.lguest_host's scripted guest, booted through
+the real loader with the same kernel (the recipe vmlinux loads like any other; the fake
+guest never runs its code) and initramfs; `fake.shell` on its command line gives it the
+tiny shell (harness.fakes.fake_shell) that prints READY_MARKER and answers Guest.run.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import itertools
 import os
 import shlex
 import sys
+import termios
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import pexpect
 from harness.console import Guest
 
 DEFAULT_CMDLINE = ("console=ttyS0", "panic=-1", "quiet")
+FAKE_SHELL = "fake.shell"       # the fake guest's shell (harness.fakes.fake_shell)
 _serial = itertools.count(1)
 
 
@@ -45,10 +52,28 @@ class GuestSpec:
         argv += [f"--block={b}" for b in self.block]
         argv += [f"--tunnet={n}" for n in self.net]
         argv += ["--rng"] if self.rng else []
-        argv += [*self.extra_args, str(self.mem), str(self.kernel), *self.cmdline]
+        argv += [*self.extra_args, str(self.mem), str(self.kernel), *self.kernel_args()]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
+
+    def kernel_args(self) -> tuple[str, ...]:
+        """The guest's command line: cmdline, plus fake.shell on the fake backend."""
+        if self.backend == "fake" and FAKE_SHELL not in self.cmdline:
+            return (*self.cmdline, FAKE_SHELL)
+        return self.cmdline
+
+
+def _guest_bytes_unchanged() -> None:
+    """In the launcher's process, before exec: no output processing on its terminal.
+
+    The lguest-bus console (fake, lguest) turns off only ISIG, ICANON and ECHO, as the
+    original did, so the pty's ONLCR would turn the guest's "\\r\\n" into "\\r\\r\\n";
+    the KVM serial console goes fully raw itself.  Either way the guest's bytes reach us
+    unchanged."""
+    attrs = termios.tcgetattr(0)
+    attrs[1] &= ~termios.OPOST
+    termios.tcsetattr(0, termios.TCSANOW, attrs)
 
 
 def boot(spec: GuestSpec, log_dir: Path, name: str | None = None, wait: bool = True,
@@ -60,7 +85,7 @@ def boot(spec: GuestSpec, log_dir: Path, name: str | None = None, wait: bool = T
     command = f"exec {shlex.join(spec.argv())} 2>{shlex.quote(str(launcher_log))}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     child = pexpect.spawn("/bin/sh", ["-c", command], encoding="utf-8", codec_errors="replace",
-                          env=env, dimensions=(50, 200))
+                          env=env, dimensions=(50, 200), preexec_fn=_guest_bytes_unchanged)
     guest = Guest(child, name=name, launcher_log=launcher_log)
     if wait:
         try:

@@ -18,7 +18,9 @@ the Launcher must see:
 The guest reads the boot header and the device page just above RAM, negotiates features,
 sets the status, builds each vring at its pfn (harness.fakes.driver), and exercises the
 console, block, net and rng devices; any surprise kills it with a reason naming the check.
-Its behaviour comes from `fake.*` options on the kernel command line (GuestOptions).
+Its behaviour comes from `fake.*` options on the kernel command line (GuestOptions);
+`fake.shell` ends the script with a tiny shell on the console (harness.fakes.fake_shell),
+so harness.console.Guest can drive the fake guest as it drives a real one.
 
     lguest-harness boot --backend fake 32 vmlinux fake.end=panic
 """
@@ -97,6 +99,7 @@ class GuestOptions:
     timeout: float = 5.0         # per wait for the device
     reprobe: bool = False        # then reset every device (status 0) and probe it again
     fail: str = ""               # finally set FAILED on devices of this name (console, block, ...)
+    shell: bool = False          # then a tiny shell on the console (harness.fakes.fake_shell)
 
     @classmethod
     def from_cmdline(cls, text: str) -> "GuestOptions":
@@ -147,6 +150,7 @@ class FakeLguestGuest:
         self.options = options
         self.log: list[str] = []
         self.results: dict[str, object] = {}
+        self.cmdline = ""
         self._arena_next = ARENA[0]
 
     # -- the script -------------------------------------------------------------------------------
@@ -172,6 +176,13 @@ class FakeLguestGuest:
         for dev in devices:
             if NAMES.get(dev.type) == self.options.fail:
                 yield from self.set_status(dev, ACK | DRIVER | DRIVER_OK | FAILED)
+        if self.options.shell:
+            self.expect(console is not None, "fake.shell: there is no console")
+            from harness.fakes.fake_shell import serve     # it imports this module
+            ended = yield from serve(self, console)
+            if ended is not None:
+                yield ended
+                return
         if self.options.end == "hang":
             yield from self.hang()
         yield self.ending(boot)
@@ -209,6 +220,7 @@ class FakeLguestGuest:
         if self.options is None:
             self.options = GuestOptions.from_cmdline(cmdline)
         self.log.append(f"cmdline {cmdline!r}")
+        self.cmdline = cmdline
         return size
 
     def early_print(self, text: str) -> Iterator:

@@ -1,0 +1,451 @@
+"""A tiny shell for the fake lguest guest, so the console API (harness.console.Guest) works
+on `--backend fake` exactly as on a real guest.
+
+It is enabled by `fake.shell` on the kernel command line (harness.launch adds it whenever a
+GuestSpec's backend is "fake").  After its device exercise the fake guest prints the
+harness's READY_MARKER line and PROMPT on the virtio console, then reads what the host
+sends on the console's receiveq and answers on its transmitq, through the real Launcher,
+lguest device page and virtqueues.  `poweroff` powers the guest off (launcher exit 0);
+`exit [N]` (or ^D on an empty line) ends the shell, and the guest then ends as `fake.end`
+says (default: power off).
+
+Three pieces, the first two pure (bytes and strings in, effects out; no queues, no clock):
+
+    Terminal     a serial tty in canonical mode with ECHO, ICRNL and ONLCR: CR and LF both
+                 end a line and echo as "\\r\\n"; DEL/^H erase a character, ^U the line,
+                 ^C drops it (status 130), ^D on an empty line ends the shell
+    Interpreter  one line -> effects: `;`, `&&` and `||` lists; words with single quotes,
+                 double quotes and backslash escapes; `$?`; `#` comments; builtins echo [-n],
+                 true, false, exit [N], uname [-snrvma], cat /proc/cmdline, poweroff [-f],
+                 sleep N (at most SLEEP_MAX s); any other name is `sh: NAME: not found`, 127.
+                 Syntax it does not have (pipes, redirections, other `$` forms, subshells,
+                 backquotes) is refused as a whole line with status 2, never half-run.
+    serve()      the glue: runs the effects on the fake guest's console queues
+
+FakeShell joins Terminal and Interpreter: feed(bytes) -> [Write, Sleep, PowerOff, Exit],
+output already in "\\r\\n" form, a prompt after every line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Iterator
+
+from harness.fakes.lguest_host import POWER_DOWN, Die, Pause
+from harness.initramfs import PROMPT, READY_MARKER
+
+RELEASE = "fake-lguest"
+UNAME = {"s": "Linux", "n": "(none)", "r": RELEASE, "v": "#1 lguest-harness fake guest", "m": "x86_64"}
+UNAME_ORDER = "snrvm"
+SLEEP_MAX = 60.0            # seconds: a runaway test still ends
+MAX_LINE = 4095             # N_TTY's canonical line limit, less the newline
+NOT_FOUND = 127
+SYNTAX = 2
+INTERRUPTED = 130
+
+CTRL_C, CTRL_D, BS, CTRL_U, DEL = 0x03, 0x04, 0x08, 0x15, 0x7F
+ERASE = b"\b \b"
+
+
+# -- effects ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Write:
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerOff:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Exit:
+    status: int
+
+
+# -- the tty ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Interrupt:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class EndOfInput:
+    pass
+
+
+class Terminal:
+    """Canonical-mode line discipline: feed(bytes) -> echo bytes and Line/Interrupt/EndOfInput, in order."""
+
+    def __init__(self):
+        self.line = bytearray()
+
+    def feed(self, data: bytes) -> list:
+        events: list = []
+        for byte in data:
+            if byte in (0x0D, 0x0A):                     # ICRNL: CR is NL
+                events.append(b"\r\n")
+                events.append(Line(self.line.decode("utf-8", "replace")))
+                self.line.clear()
+            elif byte in (DEL, BS):
+                if self.line:
+                    self._erase_char()
+                    events.append(ERASE)
+            elif byte == CTRL_U:
+                if self.line:
+                    events.append(ERASE * _chars(self.line))
+                    self.line.clear()
+            elif byte == CTRL_C:
+                events.append(b"^C\r\n")
+                events.append(Interrupt())
+                self.line.clear()
+            elif byte == CTRL_D:
+                if not self.line:
+                    events.append(EndOfInput())
+            elif len(self.line) < MAX_LINE:
+                self.line.append(byte)
+                events.append(bytes([byte]))
+        return events
+
+    def _erase_char(self) -> None:
+        """Drop the last character, all of its UTF-8 bytes."""
+        while self.line and self.line[-1] & 0xC0 == 0x80:
+            self.line.pop()
+        if self.line:
+            self.line.pop()
+
+
+def _chars(line: bytes) -> int:
+    return sum(1 for b in line if b & 0xC0 != 0x80)
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+
+class ShellSyntaxError(Exception):
+    """The line uses syntax the fake shell does not have; nothing on it runs."""
+
+
+STATUS = object()           # a `$?` inside a word, expanded when its command runs
+OPERATORS = (";", "&&", "||")
+UNSUPPORTED = {"|": "pipes", "&": "background jobs", "<": "redirections", ">": "redirections",
+               "(": "subshells", ")": "subshells", "`": "command substitution"}
+
+
+def parse(line: str) -> list[tuple[str, list[list]]]:
+    """A line -> [(operator before it, words)]; each word is a list of str and STATUS parts."""
+    commands: list[tuple[str, list[list]]] = []
+    words: list[list] = []
+    op = ";"
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c in " \t":
+            i += 1
+        elif c == "#":
+            break
+        elif c == ";" or line.startswith(("&&", "||"), i):
+            token = c if c == ";" else line[i:i + 2]
+            if not words:
+                raise ShellSyntaxError(f'unexpected "{token}"')
+            commands.append((op, words))
+            words, op = [], token
+            i += len(token)
+        elif c in UNSUPPORTED:
+            raise ShellSyntaxError(f"{UNSUPPORTED[c]} ({c!r}) are not supported by the fake shell")
+        else:
+            word, i = _word(line, i)
+            words.append(word)
+    if words:
+        commands.append((op, words))
+    elif op != ";":
+        raise ShellSyntaxError(f'unexpected end of line after "{op}"')
+    return commands
+
+
+def _word(line: str, i: int) -> tuple[list, int]:
+    parts: list = []
+    n = len(line)
+    while i < n and line[i] not in " \t;" and not line.startswith(("&&", "||"), i):
+        c = line[i]
+        if c in UNSUPPORTED:
+            raise ShellSyntaxError(f"{UNSUPPORTED[c]} ({c!r}) are not supported by the fake shell")
+        if c == "'":
+            end = line.find("'", i + 1)
+            if end < 0:
+                raise ShellSyntaxError("unterminated quoted string")
+            parts.append(line[i + 1:end])
+            i = end + 1
+        elif c == '"':
+            i = _double_quoted(line, i + 1, parts)
+        elif c == "\\":
+            if i + 1 >= n:
+                raise ShellSyntaxError("a backslash at the end of the line (continuation) is not supported")
+            parts.append(line[i + 1])
+            i += 2
+        elif c == "$":
+            i = _dollar(line, i, parts)
+        else:
+            parts.append(c)
+            i += 1
+    return parts, i
+
+
+def _double_quoted(line: str, i: int, parts: list) -> int:
+    """Inside "...": \\ escapes \\ " $ and `; $? expands; returns the index after the closing quote."""
+    n = len(line)
+    parts.append("")            # "" is a word even when empty
+    while i < n:
+        c = line[i]
+        if c == '"':
+            return i + 1
+        if c == "\\" and i + 1 < n and line[i + 1] in '\\"$`':
+            parts.append(line[i + 1])
+            i += 2
+        elif c == "$":
+            i = _dollar(line, i, parts)
+        elif c == "`":
+            raise ShellSyntaxError("command substitution ('`') is not supported by the fake shell")
+        else:
+            parts.append(c)
+            i += 1
+    raise ShellSyntaxError("unterminated quoted string")
+
+
+def _dollar(line: str, i: int, parts: list) -> int:
+    nxt = line[i + 1] if i + 1 < len(line) else ""
+    if nxt == "?":
+        parts.append(STATUS)
+        return i + 2
+    if nxt == "" or nxt in " \t\"'":
+        parts.append("$")       # a lone $ is literal, as in sh
+        return i + 1
+    raise ShellSyntaxError(f"${nxt}... is not supported by the fake shell (only $? is expanded)")
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+class Interpreter:
+    """Runs one line at a time; `status` is $?.  `cmdline` is what /proc/cmdline holds."""
+
+    def __init__(self, cmdline: str = "", release: str = RELEASE):
+        self.cmdline = cmdline
+        self.uname = dict(UNAME, r=release)
+        self.status = 0
+        self.builtins = {"echo": self._echo, "true": lambda args: ([], 0), "false": lambda args: ([], 1),
+                         "exit": self._exit, "uname": self._uname, "cat": self._cat,
+                         "poweroff": self._poweroff, "sleep": self._sleep}
+
+    def run_line(self, line: str) -> list:
+        """Effects of one line, output with "\\n" line ends; stops after PowerOff or Exit."""
+        try:
+            commands = parse(line)
+        except ShellSyntaxError as err:
+            self.status = SYNTAX
+            return [Write(f"sh: syntax error: {err}\n".encode())]
+        effects: list = []
+        for op, words in commands:
+            if (op == "&&" and self.status != 0) or (op == "||" and self.status == 0):
+                continue
+            argv = ["".join(str(self.status) if p is STATUS else p for p in word) for word in words]
+            out, self.status = self.run_command(argv)
+            effects += out
+            if out and isinstance(out[-1], (PowerOff, Exit)):
+                break
+        return effects
+
+    def run_command(self, argv: list[str]) -> tuple[list, int]:
+        builtin = self.builtins.get(argv[0])
+        if builtin is None:
+            return [Write(f"sh: {argv[0]}: not found\n".encode())], NOT_FOUND
+        return builtin(argv[1:])
+
+    # -- builtins -------------------------------------------------------------------------------------
+    @staticmethod
+    def _echo(args: list[str]):
+        newline = "\n"
+        if args[:1] == ["-n"]:
+            args, newline = args[1:], ""
+        return [Write((" ".join(args) + newline).encode())], 0
+
+    def _exit(self, args: list[str]):
+        if not args:
+            return [Exit(self.status)], self.status
+        try:
+            status = int(args[0]) & 0xFF
+        except ValueError:
+            return [Write(f"sh: exit: Illegal number: {args[0]}\n".encode())], SYNTAX
+        return [Exit(status)], status
+
+    def _uname(self, args: list[str]):
+        letters = ""
+        for arg in args:
+            if not arg.startswith("-") or len(arg) < 2 or set(arg[1:]) - set(UNAME_ORDER + "a"):
+                return [Write(f"uname: invalid option {arg!r} (the fake shell has -snrvma)\n".encode())], 1
+            letters += arg[1:]
+        if "a" in letters:
+            fields = [self.uname[k] for k in UNAME_ORDER] + ["GNU/Linux"]
+        else:
+            fields = [self.uname[k] for k in UNAME_ORDER if k in letters] or [self.uname["s"]]
+        return [Write((" ".join(fields) + "\n").encode())], 0
+
+    def _cat(self, args: list[str]):
+        if not args:
+            return [Write(b"cat: reading standard input is not supported by the fake shell\n")], 1
+        out, status = [], 0
+        for name in args:
+            if name == "/proc/cmdline":
+                out.append(Write((self.cmdline + "\n").encode()))
+            else:
+                out.append(Write(f"cat: can't open '{name}': No such file or directory\n".encode()))
+                status = 1
+        return out, status
+
+    @staticmethod
+    def _poweroff(args: list[str]):
+        if any(arg != "-f" for arg in args):
+            return [Write(b"poweroff: the fake shell only has poweroff [-f]\n")], 1
+        return [PowerOff()], 0
+
+    @staticmethod
+    def _sleep(args: list[str]):
+        try:
+            if len(args) != 1:
+                raise ValueError
+            seconds = float(args[0])
+            if not 0 <= seconds <= SLEEP_MAX:
+                raise ValueError
+        except ValueError:
+            return [Write(f"sleep: usage: sleep SECONDS (0 to {SLEEP_MAX:g} in the fake shell)\n".encode())], 1
+        return [Sleep(seconds)], 0
+
+
+# -- tty + interpreter -----------------------------------------------------------------------------
+
+class FakeShell:
+    """feed(bytes from the host) -> effects; output in tty form ("\\r\\n"), a prompt after each line."""
+
+    def __init__(self, cmdline: str = "", release: str = RELEASE, prompt: str = PROMPT):
+        self.terminal = Terminal()
+        self.interpreter = Interpreter(cmdline, release)
+        self.prompt = prompt.encode()
+        self.ended = False
+
+    @property
+    def status(self) -> int:
+        return self.interpreter.status
+
+    def start(self) -> list:
+        """What /init prints before the shell reads anything: the ready marker, then a prompt."""
+        return [Write(_onlcr(f"{READY_MARKER}\n".encode()) + self.prompt)]
+
+    def feed(self, data: bytes) -> list:
+        effects: list = []
+        for event in self.terminal.feed(data):
+            if self.ended:
+                break
+            if isinstance(event, bytes):
+                effects.append(Write(event))
+            elif isinstance(event, Line):
+                effects += self._line(event.text)
+            elif isinstance(event, Interrupt):
+                self.interpreter.status = INTERRUPTED
+                effects.append(Write(self.prompt))
+            elif isinstance(event, EndOfInput):
+                effects += [Write(b"exit\r\n"), Exit(self.status)]
+                self.ended = True
+        return _coalesce(effects)
+
+    def _line(self, text: str) -> list:
+        effects = []
+        for effect in self.interpreter.run_line(text):
+            effects.append(Write(_onlcr(effect.data)) if isinstance(effect, Write) else effect)
+            if isinstance(effect, (PowerOff, Exit)):
+                self.ended = True
+                return effects
+        return effects + [Write(self.prompt)]
+
+
+def _onlcr(data: bytes) -> bytes:
+    return data.replace(b"\n", b"\r\n")
+
+
+def _coalesce(effects: list) -> list:
+    out: list = []
+    for effect in effects:
+        if isinstance(effect, Write) and out and isinstance(out[-1], Write):
+            out[-1] = Write(out[-1].data + effect.data)
+        else:
+            out.append(effect)
+    return out
+
+
+# -- glue to the fake guest's console ----------------------------------------------------------------
+
+RECEIVEQ, TRANSMITQ = 0, 1
+RX_BUFFER = 256
+TX_CHUNK = 4096
+
+
+def serve(guest, console) -> Iterator:
+    """Run the shell on `console` (a FoundDevice past DRIVER_OK) of the fake lguest guest.
+
+    A generator for FakeLguestGuest.run: returns the event that ends the run (power-off), or
+    None when the shell exited and the guest's scripted ending should follow."""
+    shell = FakeShell(cmdline=guest.cmdline)
+    effects = shell.start()
+    while True:
+        for effect in effects:
+            if isinstance(effect, Write):
+                for at in range(0, len(effect.data), TX_CHUNK):
+                    yield from guest.console_write(console, effect.data[at:at + TX_CHUNK])
+            elif isinstance(effect, Sleep):
+                yield from _sleep(guest.host, effect.seconds)
+            elif isinstance(effect, PowerOff):
+                guest.log.append("fake shell: poweroff")
+                return Die(POWER_DOWN)
+            elif isinstance(effect, Exit):
+                guest.log.append(f"fake shell: exit {effect.status}")
+                guest.results["shell_exit"] = effect.status
+                return None
+        data = yield from _receive(guest, console)
+        effects = shell.feed(data)
+
+
+def _receive(guest, console) -> Iterator:
+    """One buffer of host input from the receiveq (one buffer posted at a time)."""
+    rx, irq = console.drivers[RECEIVEQ], console.queues[RECEIVEQ][1]
+    if rx.num_free == rx.size:                  # nothing posted (fake.console_rx used it)
+        rx.add([], [RX_BUFFER])
+        yield from guest.kick(console, RECEIVEQ)
+    while rx.used_idx == rx.last_used_idx:     # waits as long as the host says nothing
+        if guest.host.break_pending:
+            yield Pause()
+            continue
+        guest.host.wait_irq(0.05)
+    guest.host.wait_for_irq(irq, guest.options.timeout, "console receiveq")
+    (_head, _length, data), = rx.reap()
+    rx.add([], [RX_BUFFER])
+    yield from guest.kick(console, RECEIVEQ)
+    return data
+
+
+def _sleep(host, seconds: float) -> Iterator:
+    """Sleep in the guest; the Launcher can still break out (--timeout, SIGTERM)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if host.break_pending:
+            yield Pause()
+            continue
+        host.wait_irq(min(left, 0.05))
