@@ -6,7 +6,9 @@ import importlib
 HELP = "run a benchmark and print its figures"
 
 BENCHMARKS = {
+    "blk": "harness.bench_blk",
     "boot": "harness.bench_boot",
+    "net": "harness.bench_net",
     "vring": "harness.bench_vring",
 }
 
