@@ -31,7 +31,7 @@ import dataclasses
 import time
 from typing import Iterator
 
-from harness.fakes.lguest_host import POWER_DOWN, Die, Pause
+from harness.fakes.lguest_host import POWER_DOWN, Die, Pause     # it imports us only when fake.shell runs
 from harness.initramfs import PROMPT, READY_MARKER
 
 RELEASE = "fake-lguest"
@@ -393,7 +393,7 @@ def _coalesce(effects: list) -> list:
 
 # -- glue to the fake guest's console ----------------------------------------------------------------
 
-RECEIVEQ, TRANSMITQ = 0, 1
+RECEIVEQ = 0                # the console's queue 0 carries host input; console_write uses queue 1
 RX_BUFFER = 256
 TX_CHUNK = 4096
 
