@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def vg(request, kernel, tmp_path_factory):
-    return shared_guest(request, kernel, tmp_path_factory)
+def vg(request, tmp_path_factory):
+    return shared_guest(request, tmp_path_factory)
 
 
 def test_disk_is_dev_vda_with_the_files_size(vg):

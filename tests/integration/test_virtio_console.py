@@ -23,8 +23,8 @@ BURST = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def vg(request, kernel, tmp_path_factory):
-    return shared_guest(request, kernel, tmp_path_factory)
+def vg(request, tmp_path_factory):
+    return shared_guest(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def vg(request, kernel, tmp_path_factory):
-    return shared_guest(request, kernel, tmp_path_factory)
+def vg(request, tmp_path_factory):
+    return shared_guest(request, tmp_path_factory)
 
 
 def test_guest_has_its_address(vg):

@@ -7,8 +7,8 @@ pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def vg(request, kernel, tmp_path_factory):
-    return shared_guest(request, kernel, tmp_path_factory)
+def vg(request, tmp_path_factory):
+    return shared_guest(request, tmp_path_factory)
 
 
 def test_virtio_rng_is_the_current_hwrng(vg):

@@ -21,11 +21,13 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from harness.console import Guest
 from harness.initramfs import build_initramfs
+from harness.kernel import ensure_kernel
 from harness.launch import GuestSpec, boot
 
 MEM_MB = 96
@@ -84,11 +86,13 @@ class VirtioGuest:
 _shared: VirtioGuest | None = None
 
 
-def shared_guest(request, kernel, tmp_path_factory) -> VirtioGuest:
-    """The session's virtio guest, booted on first call; removed when the session ends."""
+def shared_guest(request, tmp_path_factory) -> VirtioGuest:
+    """The session's virtio guest, booted on first call; removed when the session ends.
+    The kernel is the recipe's (harness.kernel.ensure_kernel: built once, cached by hash)."""
     global _shared
     if _shared is None:
         workdir = Path(tmp_path_factory.mktemp("virtio"))
+        kernel = ensure_kernel(log=lambda msg: print(msg, file=sys.stderr, flush=True))
         _shared = _boot(workdir, kernel)
         request.config.add_cleanup(_close_shared)
     return _shared
