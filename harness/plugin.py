@@ -48,13 +48,10 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     marker = metafunc.definition.get_closest_marker("guest")
-    if marker and "backends" in marker.kwargs and _uses_guest(metafunc.fixturenames):
+    # fixturenames is the closure: guest and guest_factory bring guest_backend in.
+    if marker and "backends" in marker.kwargs and "guest_backend" in metafunc.fixturenames:
         backends = list(marker.kwargs["backends"])
         metafunc.parametrize("guest_backend", backends, indirect=True, ids=backends)
-
-
-def _uses_guest(names) -> bool:
-    return "guest" in names or "guest_factory" in names
 
 
 # -- building blocks --------------------------------------------------------------------------
@@ -119,8 +116,8 @@ class _Booter:
         self.config = request.config
 
     def spec(self, mem=None, cmdline=(), block=(), net=None, rng=False, files=None, commands=(),
-             backend=None, timeout=900.0) -> GuestSpec:
-        image = self.image
+             backend=None, timeout=900.0, kernel=None, initrd=None) -> GuestSpec:
+        image = initrd or self.image
         if files or commands:
             from harness.initramfs import build_initramfs
             image = build_initramfs(self.log_dir / f"initramfs-{abs(hash((tuple(files or ()), commands)))}.cpio",
@@ -128,13 +125,13 @@ class _Booter:
         blocks = (block,) if isinstance(block, (str, Path)) else tuple(block or ())
         ns = net if isinstance(net, netns.NetNamespace) else None
         cmd = tuple(DEFAULT_CMDLINE) + tuple(cmdline) + ((ns.guest_cmdline,) if ns else ())
-        return GuestSpec(kernel=self.kernel, initrd=image, mem=mem or self.config.getoption("--guest-mem"),
+        return GuestSpec(kernel=kernel or self.kernel, initrd=image, mem=mem or self.config.getoption("--guest-mem"),
                          cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
                          timeout=timeout)
 
-    def boot(self, spec: GuestSpec, name: str) -> Guest:
-        guest = boot(spec, self.log_dir, name=name)
+    def boot(self, spec: GuestSpec, name: str, wait: bool = True) -> Guest:
+        guest = boot(spec, self.log_dir, name=name, wait=wait)
         self.request.node.stash.setdefault(_GUESTS, []).append(guest)
         return guest
 
@@ -154,12 +151,14 @@ def _shutdown(guest: Guest) -> None:
 
 @pytest.fixture
 def guest_factory(request, guest_kernel, guest_image, guest_backend, tmp_path_factory):
-    """boot(**marker_options) -> Guest; every guest it boots is shut down after the test."""
+    """make(name=None, wait=True, **marker_options) -> Guest (kernel= and initrd= override the
+    session's); every guest it boots is shut down after the test.  wait=False returns at once,
+    before the ready marker (for guests that are expected not to get there)."""
     booter = _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory)
     booted: list[Guest] = []
 
-    def make(name: str | None = None, **options) -> Guest:
-        guest = booter.boot(booter.spec(**options), name or f"guest{len(booted) + 1}")
+    def make(name: str | None = None, wait: bool = True, **options) -> Guest:
+        guest = booter.boot(booter.spec(**options), name or f"guest{len(booted) + 1}", wait)
         booted.append(guest)
         return guest
     yield make
