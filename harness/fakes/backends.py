@@ -11,6 +11,7 @@ import random
 import threading
 import time
 
+from launcher.devices.base import scatter
 from launcher.devices.net import Offloads
 from launcher.io.fdutil import advance
 
@@ -39,17 +40,6 @@ class _Readiness:
         if not self.closed:
             os.close(self.fd)
             self.closed = True
-
-
-def _scatter(views, data: bytes) -> int:
-    done = 0
-    for view in views:
-        take = min(len(view), len(data) - done)
-        view[:take] = data[done:done + take]
-        done += take
-        if done == len(data):
-            break
-    return done
 
 
 # -- console ----------------------------------------------------------------------------------
@@ -123,7 +113,7 @@ class MemoryDisk:
 
     def read_into(self, views, offset: int) -> int:
         end = min(self.size, offset + sum(len(v) for v in views))
-        return _scatter(views, bytes(self.data[offset:end]))
+        return scatter(views, bytes(self.data[offset:end]))
 
     def write_from(self, views, offset: int) -> int:
         data = b"".join(bytes(v) for v in views)
@@ -209,7 +199,7 @@ class MemoryNet:
             frame = self._inbox.popleft()
             if not self._inbox:
                 self._ready.set(False)
-        done = _scatter(views, frame)
+        done = scatter(views, frame)
         if done < len(frame):
             self.truncated += 1     # as tun does: the rest of the frame is dropped
         return done
@@ -289,7 +279,7 @@ class SeededEntropy:
         while views:
             want = sum(len(v) for v in views)
             self.reads += 1
-            done = _scatter(views, self._take(min(want, self.chunk or want)))
+            done = scatter(views, self._take(min(want, self.chunk or want)))
             total += done
             views = advance(views, done)
         return total

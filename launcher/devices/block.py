@@ -14,7 +14,7 @@ from enum import IntEnum
 from typing import Protocol
 
 from launcher.devices.base import (
-    DeviceId, GuestFault, VirtioDevice, feature_bits, split_views, gather, total_len,
+    DeviceId, GuestFault, VirtioDevice, feature_bits, split_views, gather, scatter, total_len,
 )
 from launcher.virtqueue import Chain
 
@@ -179,7 +179,7 @@ class BlockDevice(VirtioDevice):
         if data_out:
             raise DataWrongDirection(head, "get-id", total_len(data_out), total_len(data_in))
         ident = self.backend.device_id()[:VIRTIO_BLK_ID_BYTES].ljust(VIRTIO_BLK_ID_BYTES, b"\0")
-        return BlkStatus.VIRTIO_BLK_S_OK, _scatter(data_in, ident)
+        return BlkStatus.VIRTIO_BLK_S_OK, scatter(data_in, ident)
 
     def _check_data(self, head, kind, sector, data_out, data_in, *, data) -> None:
         """Data only in the direction `kind` needs, whole sectors, inside the disk."""
@@ -216,12 +216,3 @@ class BlockDevice(VirtioDevice):
 
     def close_backend(self) -> None:
         self.backend.close()
-
-
-def _scatter(views, data: bytes) -> int:
-    done = 0
-    for view in views:
-        take = min(len(view), len(data) - done)
-        view[:take] = data[done:done + take]
-        done += take
-    return done
