@@ -34,6 +34,9 @@ class KernelOption:
 
 
 _PVM = "kvm_pvm detected (/sys/module/kvm_pvm): "
+# glibc (2.36) features whose string/memory functions use ymm/zmm registers.
+NO_AVX_HWCAPS = ("AVX", "AVX2", "AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ", "AVX512CD", "FMA",
+                 "AVX_Fast_Unaligned_Load")
 PVM_OPTIONS = (
     KernelOption("noxsave", None, _PVM + "its emulator cannot run xrstor in guest kernel code"),
     KernelOption("clearcpuid", "smap,popcnt",
@@ -42,6 +45,11 @@ PVM_OPTIONS = (
     KernelOption("kvm_pvm_quirks", None,
                  _PVM + "enables the guest patch's syscall workaround (the first user-space syscall is "
                  "mis-delivered); never use it elsewhere"),
+    # Unknown name=value options reach init's environment, and from there every process.
+    KernelOption("GLIBC_TUNABLES", "glibc.cpu.hwcaps=" + ",".join("-" + f for f in NO_AVX_HWCAPS),
+                 _PVM + "guest user code runs natively with the host's AVX/AVX-512 state enabled, but a "
+                 "noxsave kernel switches only x87/SSE registers, so concurrent processes would "
+                 "clobber each other's AVX registers; glibc in the guest must not use them"),
 )
 
 

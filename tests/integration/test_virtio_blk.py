@@ -1,7 +1,4 @@
-"""virtio-blk on virtio-mmio in the recipe guest: size, data both ways, end of disk, read-only, ext4.
-
-Guest commands avoid shell pipelines: on kvm_pvm hosts a busybox re-exec'd inside a pipeline
-sometimes dies in its first TLS access (a guest-kernel/host quirk, not a device matter)."""
+"""virtio-blk on virtio-mmio in the recipe guest: size, data both ways, end of disk, read-only, ext4."""
 import hashlib
 
 import pytest

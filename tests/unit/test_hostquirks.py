@@ -1,4 +1,6 @@
 """Host quirks: kvm_pvm detection, the options it needs, and naming rejected instructions."""
+import subprocess
+
 import pytest
 
 from launcher import hostquirks
@@ -12,9 +14,29 @@ def test_detection_follows_the_module_directory(tmp_path):
     assert hostquirks.detect_host(tmp_path / "absent") is HostKind.KVM
 
 
+def glibc_cpu_features(env: dict) -> dict:
+    """What the host's glibc loader (same 2.36 as the guest's busybox) makes of its CPU under env."""
+    out = subprocess.run(["/lib64/ld-linux-x86-64.so.2", "--list-diagnostics"], env=env,
+                         capture_output=True, text=True, check=True)
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if line.startswith("x86.cpu_features"))
+
+
+def test_the_tunables_clear_avx_in_this_glibc():
+    # glibc silently ignores names it does not know: check which bits really went.
+    option = next(o for o in hostquirks.PVM_OPTIONS if o.key == "GLIBC_TUNABLES")
+    tuned = glibc_cpu_features({"GLIBC_TUNABLES": option.value})
+    assert tuned["x86.cpu_features.preferred.AVX_Fast_Unaligned_Load"] == "0x0"
+    leaf7_ebx = int(tuned["x86.cpu_features.features[0x1].active[0x1]"], 16)
+    leaf1_ecx = int(tuned["x86.cpu_features.features[0x0].active[0x2]"], 16)
+    assert leaf1_ecx & (1 << 28 | 1 << 12) == 0                           # AVX, FMA
+    assert leaf7_ebx & (1 << 5 | 1 << 16 | 1 << 17 | 1 << 28 | 1 << 30 | 1 << 31) == 0   # AVX2, AVX-512
+
+
 def test_pvm_options_are_exactly_the_measured_set():
     rendered = [o.render() for o in hostquirks.kernel_options(HostKind.KVM_PVM, 2000000)]
-    assert rendered == ["tsc_early_khz=2000000", "noxsave", "clearcpuid=smap,popcnt", "rodata=off", "kvm_pvm_quirks"]
+    assert rendered == ["tsc_early_khz=2000000", "noxsave", "clearcpuid=smap,popcnt", "rodata=off", "kvm_pvm_quirks",
+                        "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,"
+                        "-AVX512CD,-FMA,-AVX_Fast_Unaligned_Load"]
     assert [o.render() for o in hostquirks.kernel_options(HostKind.KVM, None)] == []
 
 
