@@ -41,10 +41,17 @@ class CommandResult:
         return self.status == 0
 
 
+# Terminal queries and controls (ash asks for the cursor position with ESC[6n): they
+# belong in the log, not on the screen of a person watching a scripted run.
+CSI_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[@-~]")
+CSI_UNFINISHED = re.compile(r"\x1b(\[[0-9;?]*)?\Z")
+
+
 class SerialLog(io.StringIO):
     """Everything the guest printed; pexpect writes into it as it reads."""
 
     echo = None
+    _held = ""      # the start of a control sequence split across two reads
 
     def echo_to(self, stream) -> None:
         """Also copy what arrives from now on to stream (e.g. stdout for a person watching)."""
@@ -52,9 +59,15 @@ class SerialLog(io.StringIO):
 
     def write(self, text: str) -> int:
         if self.echo is not None:
-            self.echo.write(text)
+            self.echo.write(self._for_people(text))
             self.echo.flush()
         return super().write(text)
+
+    def _for_people(self, text: str) -> str:
+        text = self._held + text
+        unfinished = CSI_UNFINISHED.search(text)
+        self._held = unfinished.group() if unfinished else ""
+        return CSI_SEQUENCE.sub("", text[:len(text) - len(self._held)])
 
     def tail(self, chars: int = TAIL_CHARS) -> str:
         return self.getvalue()[-chars:]

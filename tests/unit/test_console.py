@@ -1,8 +1,10 @@
 """The console API against a local shell that plays the guest (no hypervisor needed)."""
+import io
+
 import pexpect
 import pytest
 
-from harness.console import Guest, GuestExited, GuestTimeout
+from harness.console import Guest, GuestExited, GuestTimeout, SerialLog
 from harness.initramfs import READY_MARKER
 
 
@@ -44,3 +46,13 @@ def test_expect_after_exit_raises_guest_exited(shell_guest):
     shell_guest.sendline("exit 0")
     with pytest.raises(GuestExited, match="status 0"):
         shell_guest.expect("never printed", timeout=10)
+
+
+def test_an_echoed_log_hides_terminal_queries_even_split_across_reads():
+    shown = io.StringIO()
+    log = SerialLog()
+    log.echo_to(shown)
+    for chunk in ("# \x1b[6", "n", "uname -a\r\n\x1b", "[0mLinux\r\n"):
+        log.write(chunk)
+    assert shown.getvalue() == "# uname -a\r\nLinux\r\n"
+    assert log.getvalue() == "# \x1b[6nuname -a\r\n\x1b[0mLinux\r\n"    # the log keeps every byte
