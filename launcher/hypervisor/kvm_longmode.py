@@ -88,17 +88,22 @@ def write_page_tables(memory) -> None:
     memory.write(PD_ADDR, struct.pack(f"<{len(pds)}Q", *pds))
 
 
+def _load_flat_segments(sregs, gdt_limit: int, code: Descriptor, tss: Descriptor) -> None:
+    """Our GDT and an empty IDT, cs from `code`, every data segment flat, tr from `tss`."""
+    sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, gdt_limit
+    sregs.idt.base, sregs.idt.limit = IDT_ADDR, 7
+    code.to_kvm(sregs.cs)
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        DATA.to_kvm(seg)
+    tss.to_kvm(sregs.tr)
+
+
 def set_long_mode_sregs(sregs, gdt_limit: int) -> None:
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG
     sregs.cr3 = PML4_ADDR
     sregs.cr4 = CR4_PAE
     sregs.efer = EFER_LME | EFER_LMA
-    sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, gdt_limit
-    sregs.idt.base, sregs.idt.limit = IDT_ADDR, 7
-    CODE64.to_kvm(sregs.cs)
-    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
-        DATA.to_kvm(seg)
-    TSS.to_kvm(sregs.tr)
+    _load_flat_segments(sregs, gdt_limit, CODE64, TSS)
 
 
 def set_boot_regs(regs, entry: int, boot_params: int) -> None:
@@ -118,9 +123,4 @@ def set_protected_mode_sregs(sregs, gdt_limit: int) -> None:
     """The 32-bit boot protocol: flat segments, paging off, %esi = the zero page."""
     sregs.cr0 = CR0_PE | CR0_ET
     sregs.cr3 = sregs.cr4 = sregs.efer = 0
-    sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, gdt_limit
-    sregs.idt.base, sregs.idt.limit = IDT_ADDR, 7
-    CODE32.to_kvm(sregs.cs)
-    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
-        DATA.to_kvm(seg)
-    TSS32.to_kvm(sregs.tr)
+    _load_flat_segments(sregs, gdt_limit, CODE32, TSS32)
