@@ -261,6 +261,26 @@ def _hex(value) -> str:
 
 
 # -- chains -----------------------------------------------------------------------------------
+def scatter(views, data, offset: int = 0) -> int:
+    """Copy data into a list of buffers, in order, from byte `offset` of their concatenation.
+
+    Stops when data or the buffers run out; returns how many bytes were copied.
+    """
+    src = memoryview(data).cast("B")
+    done = 0
+    for buf in views:
+        n = len(buf)
+        if offset >= n:
+            offset -= n
+            continue
+        take = min(n - offset, len(src) - done)
+        buf[offset:offset + take] = src[done:done + take]
+        done += take
+        offset = 0
+        if done == len(src):
+            break
+    return done
+
 
 class Chain:
     """One popped descriptor chain: zero-copy views of its buffers, readable ones first.
@@ -297,20 +317,7 @@ class Chain:
         Stops when data or the writable space runs out, so the return value is what the
         device should report as the used length (when it writes nothing else).
         """
-        src = memoryview(data).cast("B")
-        done = 0
-        for buf in self.writable:
-            n = len(buf)
-            if offset >= n:
-                offset -= n
-                continue
-            take = min(n - offset, len(src) - done)
-            buf[offset:offset + take] = src[done:done + take]
-            done += take
-            offset = 0
-            if done == len(src):
-                break
-        return done
+        return scatter(self.writable, data, offset)
 
     def release(self) -> None:
         """Drop the views so guest memory can be closed while this object lives on."""

@@ -11,7 +11,7 @@ import random
 import threading
 import time
 
-from launcher.devices.base import scatter
+from launcher.virtqueue import scatter
 from launcher.devices.net import Offloads
 from launcher.io.fdutil import advance
 

@@ -202,18 +202,6 @@ def gather(views: Iterable[memoryview], nbytes: int) -> bytes:
     return b"".join(bytes(v) for v in split_views(views, nbytes)[0])
 
 
-def scatter(views: Iterable[memoryview], data: bytes) -> int:
-    """Copy data into a scatter list, in order; returns how many bytes fitted."""
-    done = 0
-    for view in views:
-        if done == len(data):
-            break
-        take = min(len(view), len(data) - done)
-        view[:take] = data[done:done + take]
-        done += take
-    return done
-
-
 def total_len(views: Iterable[memoryview]) -> int:
     return sum(len(v) for v in views)
 

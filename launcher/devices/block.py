@@ -14,9 +14,9 @@ from enum import IntEnum
 from typing import Protocol
 
 from launcher.devices.base import (
-    DeviceId, GuestFault, VirtioDevice, feature_bits, split_views, gather, scatter, total_len,
+    DeviceId, GuestFault, VirtioDevice, feature_bits, split_views, gather, total_len,
 )
-from launcher.virtqueue import Chain
+from launcher.virtqueue import Chain, scatter
 
 SECTOR_SIZE = 512
 VIRTIO_BLK_ID_BYTES = 20
