@@ -7,7 +7,7 @@ from launcher.errors import LauncherError, VirtqueueError
 from launcher.memory import PAGE_SIZE, GuestMemory
 from launcher.virtqueue import (
     VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE,
-    VIRTQ_USED_F_NO_NOTIFY, AvailIndexJump, BufferOutsideGuestMemory, ChainError, DescriptorLoop,
+    DESC, VIRTQ_USED_F_NO_NOTIFY, AvailIndexJump, BufferOutsideGuestMemory, ChainError, DescriptorLoop,
     HeadIndexOutOfRange, IndirectTableLengthInvalid, IndirectWithNext, NestedIndirect,
     ChainTooLong, NextIndexOutOfRange, QueueSizeInvalid, ReadableAfterWritable, RingAlignmentInvalid,
     RingMisaligned, RingOutsideGuestMemory, SplitVirtqueue, legacy_layout, legacy_size,
@@ -184,7 +184,6 @@ def test_direct_descriptors_may_precede_one_indirect(drv, vq, mem):
     mem.write(table, bytes(32))
     drv.write_desc(0, data, 2, NEXT, 1)
     drv.write_desc(1, table, 32, INDIRECT | WRITE)
-    from launcher.virtqueue import DESC
     mem.pack(DESC, table, data + 2, 2, NEXT, 1)
     mem.pack(DESC, table + 16, data + 0x100, 8, WRITE, 0)
     offer(drv, 0)
@@ -239,7 +238,6 @@ def test_next_index_must_be_inside_table(drv, vq):
 def test_next_index_must_be_inside_indirect_table(drv, vq, mem):
     drv.write_desc(0, 0x8000, 32, INDIRECT)
     drv.write_raw(0x8000, bytes(32))
-    from launcher.virtqueue import DESC
     mem.pack(DESC, 0x8000, 0x9000, 1, NEXT, 2)
     offer(drv, 0)
     with pytest.raises(NextIndexOutOfRange, match=r"indirect table of size 0x2"):
@@ -256,7 +254,6 @@ def test_descriptor_loop_is_refused(drv, vq, links):
 
 
 def test_descriptor_loop_in_indirect_table_is_refused(drv, vq, mem):
-    from launcher.virtqueue import DESC
     drv.write_desc(0, 0x8000, 32, INDIRECT)
     mem.pack(DESC, 0x8000, 0x9000, 1, NEXT, 1)
     mem.pack(DESC, 0x8010, 0x9000, 1, NEXT, 0)
@@ -271,7 +268,6 @@ def test_readable_after_writable_is_refused(mem, indirect):
     vq = drv.device_queue()
     head = drv.add([b"r"], [1], indirect=indirect)
     posted = drv.posted(head)
-    from launcher.virtqueue import DESC
     if indirect:
         table = posted.indirect_table[0]
         mem.pack(DESC, table, *posted.writable[0], WRITE | NEXT, 1)
@@ -303,7 +299,6 @@ def test_indirect_descriptor_may_not_set_next(drv, vq):
 
 
 def test_indirect_inside_indirect_is_refused(drv, vq, mem):
-    from launcher.virtqueue import DESC
     drv.write_desc(0, 0x8000, 16, INDIRECT)
     mem.pack(DESC, 0x8000, 0x9000, 16, INDIRECT, 0)
     offer(drv, 0)
@@ -337,7 +332,6 @@ def test_chain_may_not_exceed_2_32_bytes_in_total():
     with GuestMemory(size) as m:
         drv = FakeDriver.modern(m, QSIZE)
         vq = drv.device_queue()
-        from launcher.virtqueue import DESC
         table, entries = 0x10000, (1 << 32) // size + 1
         for k in range(entries):
             m.pack(DESC, table + 16 * k, 0, size, NEXT if k + 1 < entries else 0, k + 1)
