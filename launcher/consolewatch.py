@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 
 
 class ConsoleEvent(enum.Enum):
@@ -60,3 +61,23 @@ class ConsoleWatcher:
     def tail(self, lines: int = 20) -> str:
         text = self._tail.decode(errors="replace").replace("\r", "")
         return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+class MarkerClock:
+    """Notes when a marker first shows up in console output (which may split it across writes):
+    seconds since `started`, and seconds inside the hypervisor by then."""
+
+    def __init__(self, marker: str | None, started: float):
+        self.marker = marker.encode() if marker else None
+        self.started = started
+        self._window = b""
+        self.seen_at: float | None = None
+        self.in_run_at: float | None = None
+
+    def feed(self, data: bytes, seconds_in_run) -> None:
+        if self.marker is None or self.seen_at is not None:
+            return
+        self._window = (self._window + data)[-(len(self.marker) + len(data)):]
+        if self.marker in self._window:
+            self.seen_at = time.monotonic() - self.started
+            self.in_run_at = seconds_in_run()

@@ -107,16 +107,14 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(**{DEVICE_DEST: []})
 
 
+def flag_specs(args) -> list[DeviceSpec]:
+    """One spec per device flag, in command-line order."""
+    return [_PARSERS[flag](value) for flag, value in getattr(args, DEVICE_DEST, None) or []]
+
+
 def device_specs(args) -> list[DeviceSpec]:
     """The console, then one spec per device flag in command-line order."""
-    specs: list[DeviceSpec] = [ConsoleSpec()]
-    for flag, value in getattr(args, DEVICE_DEST, None) or []:
-        specs.append(_PARSERS[flag](value))
-    return specs
-
-
-def has_extra_devices(specs: list[DeviceSpec]) -> bool:
-    return any(not isinstance(spec, ConsoleSpec) for spec in specs)
+    return [ConsoleSpec(), *flag_specs(args)]
 
 
 # -- parsing one flag -------------------------------------------------------------------------

@@ -1,213 +1,265 @@
-"""The Launcher core on the lguest bus: lay out guest memory, load, tell the host, serve NOTIFYs.
+"""One guest life cycle for every backend: the CLI, the Python API and the harness all use it.
 
-Guest memory is lguest's: RAM from 0, then (above RAM, outside the e820 map) the device page
-and each queue's vring at pfn * 4096.  The Launcher
+    config = LaunchConfig(mem_mb=64, kernel=Path("vmlinux"), initrd=Path("initrd.cpio"))
+    with Launcher(config, console_out=received.append) as vm:   # booted up to the first instruction
+        vm.send_console_input(b"echo hi; poweroff -f\\n")
+        stopped = vm.run()                                      # Stopped(outcome, detail)
+    status = stopped.outcome.exit_status
 
-    1. puts the devices on the lguest bus (launcher.transports.lguest_page), in order;
-    2. loads the kernel and initrd through launcher.loader (which validates before writing)
-       and writes the boot header the backend's BootLayout asks for;
-    3. initialises the backend (LHREQ_INITIALIZE), then runs after_initialize (chroot, drop
-       privileges: the original did both only once /dev/lguest was set up);
-    4. runs the guest, handling each NOTIFY as the original's handle_output did: the device
-       page address of a device is a status change, a queue's address starts that device
-       (its service threads, with an eventfd attached to every queue address so later kicks
-       skip us), anything else inside the guest is an early-console string, and an address
-       outside it is refused (BadNotify).
+The Launcher owns, in this order: guest memory (sized by the bus the backend declares) ->
+the backend -> the devices, placed on that bus -> one load step (kernel, initrd, command
+line with the backend's host quirks and the bus's devices, boot header) -> initialize ->
+--chroot/--username -> the run loop (each notification the backend returns goes to the bus)
+-> close, devices first, whatever failed.  A backend whose RebootPolicy is REEXEC (lguest)
+re-executes the launcher once everything is closed, as the 2.6.39 Launcher did.
 
-It talks to the backend only through launcher.hypervisor.base's interface plus the lguest
-backends' set_guest_limit; swapping backends touches the module that picks one.
+console_out=None means the launcher's own terminal: guest output to stdout, stdin to the
+guest.  With a callable, the guest's console output goes to it and input comes only from
+send_console_input().
 """
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import signal
+import threading
+import time
 from typing import Callable
 
-from launcher.devices.base import DeviceStatus
-from launcher.errors import HypervisorError, LoaderError
-from launcher.hypervisor.base import BootSpec, Notify, Outcome, Stopped
-from launcher.loader import BootParams, Cmdline, LoadResult, load_initrd, load_kernel_bytes
+from launcher.config import LaunchConfig, UsageError
+from launcher.consolewatch import MarkerClock
+from launcher.devspec import HostBackends, build_devices, close_devices
+from launcher.hypervisor import backend_class
+from launcher.hypervisor.base import BootSpec, Notify, Outcome, RebootPolicy, RunStats, Stopped
+from launcher.io.console import ConsoleInput, stdout_writer
+from launcher.loader import BootParams, Cmdline, LoadResult, load_initrd, load_kernel_bytes, read_kernel
 from launcher.memory import GuestMemory
-from launcher.transports.lguest_page import (
-    DEVICE_PAGES, LGUEST_PAGE_SIZE, DeviceRegion, LguestDevicePage, LguestEntry,
-)
-
-
-class BadNotify(HypervisorError):
-    def __init__(self, addr: int, limit: int):
-        super().__init__(f"bad NOTIFY {addr:#x}: not a device's address and outside the guest "
-                         f"(0..{limit:#x})")
-
-
-class KernelOverlapsDevices(LoaderError):
-    def __init__(self, end: int, ram: int):
-        super().__init__(f"the kernel ends at {end:#x}, past the end of guest RAM {ram:#x} where the "
-                         f"lguest device pages start; give the guest more memory")
-
-
-def lguest_memory(ram_size: int) -> GuestMemory:
-    """RAM plus the original's DEVICE_PAGES above it for the device page and vrings."""
-    return GuestMemory(ram_size + DEVICE_PAGES * LGUEST_PAGE_SIZE)
+from launcher.privileges import drop_privileges
+from launcher.reexec import Reexec
+from launcher.symbols import SystemMap
+from launcher.transports.bus import Report
 
 
 @dataclasses.dataclass(frozen=True)
-class BootFiles:
-    kernel: bytes
-    kernel_args: tuple[str, ...] = ()
-    initrd: Path | None = None
-
-
-def _quiet(text: str) -> None:
-    pass
+class HostSide:
+    """What the host gives a guest beyond its configuration; tests swap in doubles."""
+    backends: HostBackends | None = None        # devices' host sides (default: the real ones)
+    backend_options: tuple = ()                 # extra (name, value) keyword arguments for the backend
+    reexec: Reexec = Reexec()                   # how a REEXEC backend's reboot re-executes us
+    strict: bool = False                        # transports raise on a broken rule instead of logging it
 
 
 class Launcher:
-    """One guest: `devices` (console first) on the lguest bus in front of `backend`."""
+    """One guest, from configuration to a closed, stopped guest."""
 
-    def __init__(self, memory: GuestMemory, ram_size: int, backend, devices: list, *,
-                 out: Callable[[bytes], None], say: Callable[[str], None] = _quiet,
-                 after_initialize: Callable[[], None] = lambda: None, labels: list[str] | None = None,
-                 warn: Callable[[str], None] | None = None):
-        self.memory, self.ram_size, self.backend = memory, ram_size, backend
-        self.devices = devices
-        self.out, self.say = out, say
-        self.warn = warn or say     # always shown by the CLI, as the original's warnx
-        self.after_initialize = after_initialize
-        self.labels = labels        # what --verbose calls each device (default: from the model)
-        self.page: LguestDevicePage | None = None
-        self._attached: set[int] = set()     # id() of devices whose queues have eventfds
-        self.result: LoadResult | None = None
+    def __init__(self, config: LaunchConfig, *, console_out: Callable[[bytes], None] | None = None,
+                 report: Report = Report(), host: HostSide = HostSide()):
+        self.config, self.report, self.host = config, report, host
+        self.backend_class = backend_class(config.backend)
+        self.bus_class = self.backend_class.bus
+        self.on_terminal = console_out is None
+        self._out = console_out or stdout_writer()
+        self.started = time.monotonic()
+        self.marker = MarkerClock(config.ready_marker, self.started)
+        self.memory: GuestMemory | None = None
+        self.backend = None
+        self.devices: list = []
+        self.bus = None
+        self.console_device = None
+        self.load_result: LoadResult | None = None
+        self.hvc_path: str | None = None    # virtio-mmio: the pty hvc0 is on
+        self._reboot_pending = False
 
-    # -- 1. devices --------------------------------------------------------------------------------
-    def setup_devices(self) -> None:
-        region = DeviceRegion(self.ram_size, self.memory.size)
-        self.page = LguestDevicePage(self.memory, region, self.backend.raise_interrupt)
-        for number, device in enumerate(self.devices, 1):
-            entry = self.page.add(device)
-            for queue in entry.queues:
-                self.say(f"Virtqueue page {queue.addr:#x}")
-            label = self.labels[number - 1] if self.labels else _describe(device)
-            self.say(f"device {number}: {label}")
+    # -- the context manager: open on entry, close on exit, always --------------------------------
+    def __enter__(self) -> "Launcher":
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
 
-    @property
-    def guest_limit(self) -> int:
-        """RAM plus the device pages in use: what the guest may touch (the original's guest_limit)."""
-        return self.page.region.next if self.page else self.ram_size
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self._reboot_pending = False
+        self.close()
 
-    # -- 2. kernel, initrd, boot header --------------------------------------------------------------
-    def load(self, files: BootFiles) -> BootSpec:
-        """Kernel, initrd, command line and zero page where the backend's BootLayout says."""
+    def open(self) -> None:
+        """Everything up to the guest's first instruction (call close() even if this fails)."""
+        kernel = read_kernel(self.config.kernel)
+        system_map = self._system_map()
+        self._open_memory()
+        self._open_backend(system_map)
+        self._place_devices()
+        boot = self._load(kernel)
+        self._initialize(boot)
+
+    # -- 1. memory, backend, devices on the backend's bus ------------------------------------------
+    def _open_memory(self) -> None:
+        self.memory = GuestMemory(self.bus_class.memory_size(self.config.ram_size))
+        self.report.say(f"guest memory: {self.config.mem_mb} MiB at host {self.memory.host_address:#x}")
+
+    def _open_backend(self, system_map: SystemMap | None) -> None:
+        self.backend = self.backend_class(self.memory, self.console_out, ram_size=self.config.ram_size,
+                                          system_map=system_map, **dict(self.host.backend_options))
+
+    def _place_devices(self) -> None:
+        specs = self.bus_class.device_specs(self.config.devices, self.config.hvc)
+        backends = self.host.backends or HostBackends(console=self._console_backend)
+        self.devices = build_devices(specs, backends, strict=self.host.strict)
+        self.bus = self.bus_class.place(self.backend, self.memory, self.devices, ram_size=self.config.ram_size,
+                                        specs=specs, report=self.report, early_console=self.console_out,
+                                        strict=self.host.strict)
+
+    def _console_backend(self):
+        """The virtio console's host side: the guest's console itself on a bus that has no
+        UART, else hvc0 on a new pty (announced) or on the launcher's stdio."""
+        from launcher.io.console_backends import CallbackConsole, PtyConsole, StdioConsole
+
+        if self.bus_class.console_is_virtio:
+            self.console_device = CallbackConsole(self.console_out, in_fd=0 if self.on_terminal else None)
+            return self.console_device
+        if self.config.hvc == "stdio":
+            return StdioConsole()
+        console = PtyConsole()
+        self.hvc_path = console.peer_path
+        self.report.tell(f"virtio console (hvc0) on {console.peer_path}")
+        return console
+
+    # -- 2. kernel, initrd, command line and boot header, in one place --------------------------------
+    def _load(self, kernel: bytes) -> BootSpec:
         layout = self.backend.boot_layout()
-        self.say(f"Guest base is at {self.memory.host_address:#x}")
-        result = load_kernel_bytes(self.memory, files.kernel, prefer_elf=layout.prefer_elf)
-        if result.end > self.ram_size:
-            raise KernelOverlapsDevices(result.end, self.ram_size)
-        for number, seg in enumerate(result.segments):
-            self.say(f"Section {number}: size {seg.memsz} addr {seg.paddr:#x}")
-        ramdisk = self._load_initrd(files.initrd, result.end, layout.initrd_max_end)
-        self._write_boot_header(layout, files.kernel_args, ramdisk)
-        self.result = result
-        return BootSpec(result.entry, layout.boot_params, result.kind)
-
-    def _load_initrd(self, path: Path | None, kernel_end: int, max_end: int | None) -> tuple[int, int]:
-        if path is None:
-            return 0, 0
-        placed = load_initrd(self.memory, path, kernel_end=kernel_end, max_end=max_end)
-        self.say(f"mapped initrd {path} size={placed.size} @ {placed.addr:#x}")
-        return placed.addr, placed.size
-
-    def _write_boot_header(self, layout, kernel_args: tuple[str, ...], ramdisk: tuple[int, int]) -> None:
-        """The zero page (single-region e820, lguest subarch, KEEP_SEGMENTS) and the
-        command line after it, both validated before either is written."""
-        cmdline = Cmdline(layout.cmdline_capacity)
-        if kernel_args:
-            cmdline.insert_str(" ".join(kernel_args))
-        zero_page = BootParams(cmd_line_ptr=layout.cmdline, e820=layout.e820,
-                               hardware_subarch=layout.hardware_subarch, loadflags=layout.loadflags,
-                               version=layout.version, ramdisk_image=ramdisk[0],
-                               ramdisk_size=ramdisk[1]).render()
+        say = self.report.say
+        result = load_kernel_bytes(self.memory, kernel, prefer_elf=layout.prefer_elf)
+        self.bus.check_kernel_end(result.end)
+        say(f"kernel: {result.kind.value}" + (f", {result.compression} payload" if result.compression else "")
+            + f", entry {result.entry:#x}")
+        for seg in result.segments:
+            say(f"  segment at {seg.paddr:#x}: {seg.filesz:#x} bytes from the file, {seg.memsz:#x} in memory")
+        ramdisk = self._load_initrd(result.end, layout.initrd_max_end)
+        cmdline = self._cmdline(layout.cmdline_capacity)
+        zero_page = BootParams(
+            cmd_line_ptr=layout.cmdline, e820=layout.e820, hardware_subarch=layout.hardware_subarch,
+            loadflags=layout.loadflags, version=layout.version, ramdisk_image=ramdisk[0], ramdisk_size=ramdisk[1],
+            setup_header=result.setup_header if layout.copy_setup_header else None).render()
         self.memory.write(layout.cmdline, cmdline.as_bytes())
         self.memory.write(layout.boot_params, zero_page)
+        for entry in layout.e820:
+            say(f"e820: {entry.addr:#011x}-{entry.addr + entry.size - 1:#011x} {entry.type.name}")
+        self.load_result = result
+        return BootSpec(result.entry, layout.boot_params, result.kind)
 
-    # -- 3. tell the host ------------------------------------------------------------------------------
-    def initialize(self, boot: BootSpec) -> None:
-        limit = self.guest_limit
-        set_limit = getattr(self.backend, "set_guest_limit", None)
-        if set_limit is not None:
-            set_limit(limit)
-        self.say(f"Guest: {self.memory.host_address:#x} - {self.memory.host_address + limit:#x} ({limit:#x})")
+    def _load_initrd(self, kernel_end: int, max_end: int | None) -> tuple[int, int]:
+        if self.config.initrd is None:
+            return 0, 0
+        placed = load_initrd(self.memory, self.config.initrd, kernel_end=kernel_end, max_end=max_end)
+        self.report.say(f"initrd {self.config.initrd}: {placed.size:#x} bytes at {placed.addr:#x}")
+        return placed.addr, placed.size
+
+    def _cmdline(self, capacity: int) -> Cmdline:
+        """Yours first; then what this host needs (unless you set the same key); then the bus's devices."""
+        cmdline = Cmdline(capacity)
+        if self.config.kernel_args:
+            cmdline.insert_str(" ".join(self.config.kernel_args))
+        for addition in self.backend.cmdline_additions():
+            key = addition.option.split("=", 1)[0]
+            if cmdline.has(key):
+                self.report.say(f"keeping your {key}= (this host would add {addition.option}: {addition.reason})")
+                continue
+            cmdline.insert_str(addition.option)
+            self.report.say(f"adding {addition.option}: {addition.reason}")
+        self.bus.add_to_cmdline(cmdline)
+        self.report.say(f"command line: {cmdline}")
+        return cmdline
+
+    # -- 3. initialize, then privileges ------------------------------------------------------------------
+    def _initialize(self, boot: BootSpec) -> None:
+        self.bus.before_initialize()
         self.backend.initialize(boot)
-        self.after_initialize()
+        drop_privileges(self.config, self.report.say)   # as the original: only once the hypervisor is set up
 
-    # -- 4. run ------------------------------------------------------------------------------------------
+    # -- 4. run ----------------------------------------------------------------------------------------------
     def run(self, deadline: float | None = None) -> Stopped:
+        """Run until the guest ends; deadline is time.monotonic() (default: now + config.timeout)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.config.timeout
+        stdin = self._terminal_input()
+        previous = self._catch_sigterm()
         try:
             event = self.backend.run(deadline)
             while isinstance(event, Notify):
-                self.say(f"Notify on address {event.addr:#x}")
-                self.handle_notify(event.addr)
+                self.bus.notify(event.addr, event.value)
                 event = self.backend.run(deadline)
         except KeyboardInterrupt:
-            return Stopped(Outcome.INTERRUPTED, "SIGINT")
+            event = Stopped(Outcome.INTERRUPTED, "SIGINT")
+        finally:
+            if stdin is not None:
+                stdin.restore()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        self._reboot_pending = event.outcome is Outcome.REBOOT and self.backend_class.reboot is RebootPolicy.REEXEC
         return event
 
-    def handle_notify(self, addr: int) -> None:
-        before = {id(d) for d in self.devices if d.active}
-        self._sync_features_before_kick(addr)
-        if self.page.notify(addr):
-            self._after_device_notify(before)
-            return
-        limit = self.guest_limit
-        if not 0 <= addr < limit:
-            raise BadNotify(addr, limit)
-        # Early console: a NUL-terminated string, never read past the guest's end.
-        length = self.memory.strnlen(addr, limit - addr)
-        self.out(self.memory.read(addr, length))
+    def _terminal_input(self) -> ConsoleInput | None:
+        """The launcher's stdin to the backend's UART, when that is the guest's console and
+        hvc0 does not have stdin already (a virtio console reads its own input)."""
+        if not self.on_terminal or self.bus_class.console_is_virtio or self.config.hvc == "stdio":
+            return None
+        stdin = ConsoleInput(self.backend.send_console_input,
+                             lambda: self.backend.request_stop(Outcome.INTERRUPTED, "three ^C within a second"))
+        stdin.start()
+        return stdin
 
-    def _sync_features_before_kick(self, addr: int) -> None:
-        """A kick may start a device before DRIVER_OK; the original's start_device then read
-        the accepted features straight from the page, so the device must see them too."""
-        for entry in self.page.entries:
-            device = entry.device
-            if device.active or not any(addr == q.addr for q in entry.queues):
-                continue
-            raw = self.memory.read(entry.accepted_addr, entry.feature_len)
-            accepted = int.from_bytes(raw, "little")
-            if accepted != device.accepted:
-                device.accept_features(accepted)
+    def _catch_sigterm(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, lambda *_: self.backend.request_stop(Outcome.INTERRUPTED, "SIGTERM"))
 
-    def _after_device_notify(self, before: set[int]) -> None:
-        for entry in self.page.entries:
-            device = entry.device
-            if device.active and id(device) not in before:
-                self._device_started(entry)
-            elif not device.active and id(device) in before:
-                if device.status & DeviceStatus.FAILED:
-                    self.warn(f"Device {device.name} configuration FAILED")
-                self.say(f"Resetting device {device.name}")
+    # -- the guest's console, as the caller sees it ---------------------------------------------------------
+    def console_out(self, data: bytes) -> None:
+        self._out(data)
+        self.marker.feed(data, lambda: self.stats.seconds_in_run)
 
-    def _device_started(self, entry: LguestEntry) -> None:
-        """start_device: say what was negotiated, then route the queues' kicks to their
-        service threads (LHREQ_EVENTFD), once per device: the eventfds outlive resets."""
-        device = entry.device
-        flen = entry.feature_len
-        offered = "".join(f" {b:02x}" for b in device.offered.to_bytes(flen, "little"))
-        accepted = "".join(f" {b:02x}" for b in device.accepted.to_bytes(flen, "little"))
-        self.say(f"Device {device.name} OK: offered{offered}, accepted{accepted}")
-        runner = device.runner
-        if runner is None or not hasattr(runner, "eventfd") or id(device) in self._attached:
-            return
-        for index, queue in enumerate(entry.queues):
-            self.backend.attach_eventfd(queue.addr, runner.eventfd(index))
-        self._attached.add(id(device))
+    def send_console_input(self, data: bytes) -> int:
+        """Queue bytes for the guest's console; returns how many were taken. Thread-safe."""
+        if self.bus_class.console_is_virtio:
+            return self.console_device.feed(data) if self.console_device is not None else 0
+        return self.backend.send_console_input(data)
 
+    def request_stop(self, outcome: Outcome = Outcome.INTERRUPTED, detail: str = "") -> None:
+        """From any thread: make run() return Stopped(outcome) promptly."""
+        self.backend.request_stop(outcome, detail)
 
-def _describe(device) -> str:
-    """The original's per-device verbose line."""
-    name = device.name
-    if name == "block":
-        return f"virtblock {device.capacity} sectors"
-    if name == "net":
-        tap = getattr(device.backend, "name", None)
-        return f"tun {tap}" if tap else "net"
-    return name
+    @property
+    def stats(self) -> RunStats:
+        return self.backend.stats
+
+    # -- 5. close, devices first --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Devices (threads joined, host sides closed, terminal restored), the bus, the
+        backend, guest memory: each even when an earlier one fails; the first error is raised.
+        Then a pending REEXEC reboot."""
+        devices, self.devices = self.devices, []
+        steps = [lambda: close_devices(devices), self.bus and self.bus.close,
+                 self.backend and self.backend.close, self.memory and self.memory.close]
+        self.bus = None
+        first: BaseException | None = None
+        for step in steps:
+            try:
+                if step:
+                    step()
+            except Exception as err:    # noqa: BLE001 - close the rest, then report the first
+                first = first or err
+        if first is not None:
+            raise first
+        if self._reboot_pending:
+            self._reboot_pending = False
+            self.report.say("the guest asked for a restart: executing the launcher again")
+            self.host.reexec()
+
+    def _system_map(self) -> SystemMap | None:
+        if self.config.system_map is None:
+            return SystemMap.beside(self.config.kernel)
+        try:
+            return SystemMap.parse(self.config.system_map.read_text(errors="replace"))
+        except OSError as exc:
+            raise UsageError(f"cannot read --system-map {self.config.system_map}: {exc.strerror}") from exc

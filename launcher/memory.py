@@ -115,6 +115,10 @@ class GuestMemory:
         self.pack(U64, addr, value)
 
     # -- life cycle --------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._map.closed
+
     def close(self) -> None:
         if self._map.closed:
             return

@@ -530,16 +530,20 @@ def _is_eventfd(fd: int) -> bool:
 
 # -- the "fake" backend -----------------------------------------------------------------------------
 
-def fake_backend(memory, console_out=None, *, options: GuestOptions | None = None,
-                 abi: WordAbi = HOST_WORD, guest_class=FakeLguestGuest, **kwargs) -> LguestBackend:
+class FakeLguestBackend(LguestBackend):
     """The lguest backend opened against a FakeLguestHost instead of /dev/lguest."""
-    host = FakeLguestHost(memory, abi=abi, options=options, guest_class=guest_class)
-    backend = LguestBackend(memory, console_out, opener=host.open, path="fake:/dev/lguest", abi=abi, **kwargs)
-    backend.name = "fake"
-    backend.host = host
-    return backend
+
+    name = "fake"
+
+    def __init__(self, memory, console_out=None, *, options: GuestOptions | None = None,
+                 abi: WordAbi = HOST_WORD, guest_class=FakeLguestGuest, **kwargs):
+        self.host = FakeLguestHost(memory, abi=abi, options=options, guest_class=guest_class)
+        super().__init__(memory, console_out, opener=self.host.open, path="fake:/dev/lguest", abi=abi, **kwargs)
+
+
+fake_backend = FakeLguestBackend
 
 
 def register() -> None:
     """Offer `--backend fake` (harness.cli calls this at start-up; the launcher never imports us)."""
-    register_backend("fake", "harness.fakes.lguest_host:fake_backend", bus="lguest")
+    register_backend("fake", "harness.fakes.lguest_host:FakeLguestBackend")

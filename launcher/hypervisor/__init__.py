@@ -1,9 +1,9 @@
 """Hypervisor backends behind one interface (base.Backend), chosen by name.
 
-A backend is registered as "module:callable" (a class or a factory taking the guest memory
-and console_out) plus the bus its guests find their devices on: "lguest" (the device page
-above RAM, launcher.launcher) or "mmio" (virtio-mmio).  The harness registers its fake
-backend at start-up (harness.fakes.lguest_host.register); the launcher never imports it.
+A backend is registered as "module:callable": a Backend class, which declares the device
+bus its guests find their devices on (Backend.bus) and its boot layout, so nothing else
+needs to know which backend it is.  The harness registers its fake backend at start-up
+(harness.fakes.lguest_host.register); the launcher never imports it.
 """
 from __future__ import annotations
 
@@ -17,16 +17,11 @@ BACKENDS = {
     "kvm": "launcher.hypervisor.kvm:KvmBackend",
     "lguest": "launcher.hypervisor.lguest:LguestBackend",
 }
-# name -> the bus its devices sit on
-BUSES = {"kvm": "mmio", "lguest": "lguest"}
 
 
-def register_backend(name: str, target: str, *, bus: str) -> None:
+def register_backend(name: str, target: str) -> None:
     """Offer another backend under `name` (idempotent)."""
-    if bus not in ("lguest", "mmio"):
-        raise ValueError(f"backend {name}: bus {bus!r} is neither 'lguest' nor 'mmio'")
     BACKENDS[name] = target
-    BUSES[name] = bus
 
 
 def default_backend() -> str:
@@ -35,12 +30,6 @@ def default_backend() -> str:
     if not os.path.exists("/dev/kvm") and os.path.exists("/dev/lguest"):
         return "lguest"
     return "kvm"
-
-
-def backend_bus(name: str) -> str:
-    if name not in BACKENDS:
-        raise UnknownBackend(f"no hypervisor backend named {name!r} (known: {', '.join(sorted(BACKENDS))})")
-    return BUSES.get(name, "mmio")
 
 
 def backend_class(name: str):

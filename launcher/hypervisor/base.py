@@ -1,24 +1,25 @@
 """The hypervisor backend interface: the few operations the Launcher needs.
 
-A backend runs one guest.  The Launcher core (launcher/cli.py, and later the lguest
-device loop) drives it like this:
+A backend runs one guest.  The life cycle (launcher.launcher.Launcher) drives it like this:
 
-    backend = open_backend("kvm", memory, console_out=sys.stdout.buffer.write)
+    backend = Backend(memory, console_out, ram_size=..., system_map=...)
     layout = backend.boot_layout()                 # where the zero page and cmdline go
-    ... load kernel/initrd, write boot params at layout addresses ...
+    ... devices on backend.bus, load kernel/initrd, write boot params at layout addresses ...
     backend.initialize(BootSpec(entry=..., boot_params=layout.boot_params, kind=...))
     while isinstance(event := backend.run(deadline), Notify):
-        ... hand event.addr to the device that owns it ...
+        ... the bus hands event.addr to the device that owns it ...
     status = event.outcome.exit_status
 
-Implementations: kvm (this package), lguest and fake (other modules).
+A backend class declares what the life cycle must know about it: `bus` (the device bus
+class its guests probe, launcher.transports.bus.DeviceBus) and `reboot` (RebootPolicy).
+Implementations: kvm (this package), lguest, and the harness's fake.
 """
 from __future__ import annotations
 
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 from launcher.loader import E820Entry, HardwareSubarch, KernelKind, LoadFlags
 
@@ -42,6 +43,13 @@ class Outcome(enum.Enum):
 
 # Exit status for errors in the launcher's own input or setup (not the guest's doing).
 EXIT_LAUNCHER_ERROR = 1
+
+
+class RebootPolicy(enum.Enum):
+    """What a guest's reboot request does once the run has ended and everything is closed."""
+
+    END_RUN = "end the run (exit status 0)"
+    REEXEC = "execute the launcher again with its original argv, as the 2.6.39 Launcher did"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class BootLayout:
     version: int
     prefer_elf: bool            # extract the vmlinux from a bzImage instead of running its decompressor
     initrd_max_end: int | None  # the initrd must end below this (None: top of RAM)
+    copy_setup_header: bool     # copy a bzImage's setup header into the zero page
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,11 @@ class CmdlineAddition:
 
 
 class Backend(abc.ABC):
+    """Constructed as cls(memory, console_out, *, ram_size=..., system_map=..., **options)."""
+
     name: str = "?"
+    bus: ClassVar[type]                          # launcher.transports.bus.DeviceBus
+    reboot: ClassVar[RebootPolicy] = RebootPolicy.END_RUN
 
     @abc.abstractmethod
     def boot_layout(self) -> BootLayout:

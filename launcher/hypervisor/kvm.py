@@ -23,6 +23,7 @@ from launcher.hypervisor.errors import NotInitialized
 from launcher.hypervisor.kvm_ports import (
     COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, I8042_DATA, Cmos, I8042, UartPorts,
 )
+from launcher.hypervisor.kvm_virtio import KvmVirtioMmio
 from launcher.hypervisor.kvm_sys import KvmSystem, ioctl
 from launcher.hypervisor.kvm_vcpu import Vcpu, install_kick_handler
 from launcher.io.threads import start_shielded
@@ -40,10 +41,11 @@ WATCHDOG_TICK = 0.1
 
 class KvmBackend(Backend):
     name = "kvm"
+    bus = KvmVirtioMmio
 
     def __init__(self, memory, console_out: ConsoleOut, *, irqchip: bool = True,
                  system_map: SystemMap | None = None, kvm_path: str = "/dev/kvm",
-                 host: HostKind | None = None):
+                 host: HostKind | None = None, ram_size: int | None = None):
         self.memory = memory
         self.irqchip = irqchip
         self.system_map = system_map
@@ -106,7 +108,8 @@ class KvmBackend(Backend):
         return BootLayout(
             boot_params=lm.ZERO_PAGE, cmdline=lm.CMDLINE_ADDR, cmdline_capacity=lm.CMDLINE_CAPACITY,
             e820=tuple(e820), hardware_subarch=HardwareSubarch.PC, loadflags=LoadFlags.LOADED_HIGH,
-            version=0x20C, prefer_elf=True, initrd_max_end=INITRD_MAX_END)
+            version=0x20C, prefer_elf=True, initrd_max_end=INITRD_MAX_END,
+            copy_setup_header=True)
 
     def cmdline_additions(self) -> list[CmdlineAddition]:
         console = CmdlineAddition("console=ttyS0", "this backend's console is the 8250 UART at 0x3f8")

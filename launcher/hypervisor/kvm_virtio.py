@@ -24,7 +24,9 @@ import logging
 import os
 from typing import Callable
 
+from launcher.devspec import ConsoleSpec
 from launcher.errors import TransportError
+from launcher.transports.bus import Report
 from launcher.transports.mmio import MMIO_WINDOW, MmioReg, MmioTransport
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class KvmVirtioMmio:
 
     Uses the backend's mmio bus, attach_eventfd (KVM_IOEVENTFD) and attach_irqfd (KVM_IRQFD).
     Devices with a runner (launcher.io.service.QueueWorkers) get ioeventfd kicks; others are
-    kicked through the exit loop.  close() closes the devices and the interrupt eventfds.
+    kicked through the exit loop.  close() closes the interrupt eventfds (devices are the caller's).
     """
 
     def __init__(self, backend, memory, devices: list, *, base: int = MMIO_BASE,
@@ -77,6 +79,7 @@ class KvmVirtioMmio:
         if len(devices) > len(irqs):
             raise TooManyMmioDevices(len(devices))
         self.backend = backend
+        self.report = Report()
         self.slots: list[MmioSlot] = []
         use_irqfd = getattr(backend, "irqchip", False) and hasattr(backend, "attach_irqfd")
         try:
@@ -119,67 +122,45 @@ class KvmVirtioMmio:
                 + (", ioeventfd kicks)" if slot.fast_notify else ", kicks through the exit loop)")
                 for slot in self.slots]
 
-    # -- life cycle ---------------------------------------------------------------------------
+    # -- the device bus (launcher.transports.bus) -----------------------------------------------
+    console_is_virtio = False       # the guest's console is the backend's 8250; hvc0 is optional
+
+    @classmethod
+    def memory_size(cls, ram_size: int) -> int:
+        return ram_size             # the windows sit in the 32-bit hole, above RAM
+
+    @classmethod
+    def device_specs(cls, extra: tuple, hvc: str | None = None) -> list:
+        """Nothing unless a device or --hvc=pty|stdio is asked for; the virtio console (hvc0)
+        first unless --hvc=none."""
+        if not extra and hvc in (None, "none"):
+            return []
+        return [*([] if hvc == "none" else [ConsoleSpec()]), *extra]
+
+    @classmethod
+    def place(cls, backend, memory, devices: list, *, ram_size: int, specs: list,
+              report: Report = Report(), early_console=None, strict: bool = False) -> "KvmVirtioMmio":
+        bus = cls(backend, memory, devices, strict=strict)
+        for line in bus.describe():
+            report.say(line)
+        bus.report = report
+        return bus
+
+    def check_kernel_end(self, end: int) -> None:
+        """The loader already keeps the kernel inside RAM; the windows are above it."""
+
+    def before_initialize(self) -> None:
+        """KVM learned the windows, ioeventfds and irqfds as they were placed."""
+
+    def notify(self, addr: int, value: int = 0) -> None:
+        self.report.say(f"ignoring a notification at {addr:#x}: no device claims it")
+
     def close(self) -> None:
-        """Stop every device's threads and close its backend, then the interrupt eventfds."""
-        first: BaseException | None = None
-        for slot in reversed(self.slots):
-            if slot.transport is None:
-                continue
-            try:
-                slot.transport.close()
-            except Exception as err:  # noqa: BLE001 - close the rest, then report the first
-                first = first or err
+        """The interrupt eventfds; the devices (and their threads) are the life cycle's to close."""
         self._close_fds()
-        if first is not None:
-            raise first
 
     def _close_fds(self) -> None:
         for slot in self.slots:
             if slot.irq_fd is not None:
                 os.close(slot.irq_fd)
                 slot.irq_fd = None
-
-
-# -- `lguest-harness boot` on KVM ---------------------------------------------------------------
-
-HVC_CHOICES = ("pty", "stdio", "none")
-
-
-def attach_from_args(args, backend, memory, *, say: Callable[[str], None],
-                     announce: Callable[[str], None]) -> KvmVirtioMmio | None:
-    """The device flags (launcher.devspec) as virtio-mmio devices on a KVM backend.
-
-    Nothing is added unless a device flag or --hvc=pty|stdio is given.  The virtio console
-    (hvc0 in the guest) comes first, on a fresh pty (announced, so a user or test can open
-    it) or on the launcher's stdio (--hvc=stdio; the 8250 then gets no input); --hvc=none
-    leaves it out.
-    """
-    from launcher.devspec import ConsoleSpec, HostBackends, build_devices, device_specs, has_extra_devices
-
-    specs = device_specs(args)
-    hvc = getattr(args, "hvc", None)
-    if not has_extra_devices(specs) and hvc in (None, "none"):
-        return None
-    if hvc == "none":
-        specs = [spec for spec in specs if not isinstance(spec, ConsoleSpec)]
-    devices = build_devices(specs, HostBackends(console=lambda: _console_backend(hvc or "pty", announce)))
-    try:
-        mmio = KvmVirtioMmio(backend, memory, devices)
-    except BaseException:
-        from launcher.devspec import close_devices
-        close_devices(devices)
-        raise
-    for line in mmio.describe():
-        say(line)
-    return mmio
-
-
-def _console_backend(kind: str, announce: Callable[[str], None]):
-    from launcher.io.console_backends import PtyConsole, StdioConsole
-
-    if kind == "stdio":
-        return StdioConsole()
-    console = PtyConsole()
-    announce(f"virtio console (hvc0) on {console.peer_path}")
-    return console

@@ -29,11 +29,12 @@ from typing import Callable, Protocol
 
 from launcher.errors import HypervisorError
 from launcher.hypervisor.base import (
-    Backend, BootLayout, BootSpec, ConsoleOut, Notify, Outcome, RunEvent, RunStats, Stopped,
+    Backend, BootLayout, BootSpec, ConsoleOut, Notify, Outcome, RebootPolicy, RunEvent, RunStats, Stopped,
 )
 from launcher.hypervisor.errors import BackendUnavailable, NotInitialized
 from launcher.io.threads import start_shielded
 from launcher.loader import E820Entry, HardwareSubarch, LoadFlags
+from launcher.transports.lguest_bus import LguestBus
 
 DEV_LGUEST = "/dev/lguest"
 LGUEST_PAGE = 4096
@@ -152,10 +153,12 @@ class LguestBackend(Backend):
     the device page and vrings (lguest's layout)."""
 
     name = "lguest"
+    bus = LguestBus
+    reboot = RebootPolicy.REEXEC        # "we reboot by execing ourselves again"
 
     def __init__(self, memory, console_out: ConsoleOut | None = None, *, ram_size: int | None = None,
                  opener: Callable[[str], LguestFile] = open_dev_lguest, path: str = DEV_LGUEST,
-                 abi: WordAbi = HOST_WORD, cpu_id: int = 0, **_ignored):
+                 abi: WordAbi = HOST_WORD, cpu_id: int = 0, system_map=None):
         self.memory = memory
         self.console_out = console_out
         self.ram_size = ram_size if ram_size is not None else memory.size
@@ -178,7 +181,8 @@ class LguestBackend(Backend):
             loadflags=LoadFlags.KEEP_SEGMENTS,                 # don't reload segment registers
             version=BOOT_PROTOCOL,
             prefer_elf=False,     # a bzImage runs its own decompressor from code32_start
-            initrd_max_end=self.ram_size)
+            initrd_max_end=self.ram_size,
+            copy_setup_header=False)   # the original left the bzImage's setup header out
 
     def set_guest_limit(self, limit: int) -> None:
         """The top of what the guest may touch: RAM plus the device pages in use."""

@@ -90,3 +90,30 @@ class PtyConsole(FdConsole):
         self.peer_fd = slave
         self.peer_path = os.ttyname(slave)
         super().__init__(master, master, raw=False, owned_fds=(master, slave))
+
+
+class CallbackConsole(FdConsole):
+    """Output to a callable; input from the launcher's stdin (in_fd=0, put in the original's
+    raw mode) or, with in_fd None, from feed(), through a pipe the device can poll."""
+
+    def __init__(self, out, *, in_fd: int | None = None):
+        self.out = out
+        self._feed_fd = None
+        owned: tuple[int, ...] = ()
+        if in_fd is None:
+            in_fd, self._feed_fd = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(self._feed_fd, False)
+            owned = (in_fd, self._feed_fd)
+        super().__init__(in_fd, -1, raw=True, owned_fds=owned)
+
+    def write(self, views: list[memoryview]) -> None:
+        self.out(b"".join(views))
+
+    def feed(self, data: bytes) -> int:
+        """Queue input for the guest; returns how many bytes fitted (the rest: try again)."""
+        if self._feed_fd is None or self.closed:
+            return 0
+        try:
+            return os.write(self._feed_fd, data)
+        except BlockingIOError:
+            return 0

@@ -69,10 +69,3 @@ def test_stats_json_records_the_ready_marker(tiny, tmp_path, capfd):
     assert 0 < figures["ready_seconds_in_run"] <= figures["seconds_in_run"] <= figures["wall_seconds"]
     assert figures["ready_wall_seconds"] <= figures["wall_seconds"]
 
-
-def test_marker_split_across_writes():
-    clock = cli.MarkerClock("ready!", started=0.0)
-    clock.feed(b"...rea", lambda: 1.0)
-    assert clock.seen_at is None
-    clock.feed(b"dy!\n", lambda: 2.0)
-    assert clock.in_run_at == 2.0

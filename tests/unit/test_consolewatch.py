@@ -1,5 +1,5 @@
 """Console lines that end a run, recognised across chunk boundaries."""
-from launcher.consolewatch import ConsoleEvent, ConsoleWatcher
+from launcher.consolewatch import ConsoleEvent, ConsoleWatcher, MarkerClock
 from launcher.io.console import CtrlCCounter
 
 
@@ -37,3 +37,11 @@ def test_three_ctrl_c_within_a_second():
     now[0] = 1.6
     assert not counter.feed(b"a\x03")
     assert counter.feed(b"\x03")
+
+
+def test_marker_split_across_writes():
+    clock = MarkerClock("ready!", started=0.0)
+    clock.feed(b"...rea", lambda: 1.0)
+    assert clock.seen_at is None
+    clock.feed(b"dy!\n", lambda: 2.0)
+    assert clock.in_run_at == 2.0

@@ -31,8 +31,10 @@ def test_console_first_then_command_line_order(disk):
 
 
 def test_no_flags_is_just_the_console():
-    specs = parse([])
-    assert specs == [ds.ConsoleSpec()] and not ds.has_extra_devices(specs)
+    parser = argparse.ArgumentParser()
+    ds.add_device_arguments(parser)
+    args = parser.parse_args([])
+    assert ds.device_specs(args) == [ds.ConsoleSpec()] and ds.flag_specs(args) == []
 
 
 @pytest.mark.parametrize("arg,spec", [

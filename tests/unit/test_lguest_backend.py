@@ -10,7 +10,7 @@ import pytest
 
 from harness.fakes.lguest_host import FakeLguestHost, GuestOptions
 from launcher.errors import HypervisorError
-from launcher.hypervisor import backend_bus, backend_class
+from launcher.hypervisor import backend_class
 from launcher.hypervisor.base import BootSpec, Notify, Outcome, Stopped
 from launcher.hypervisor.errors import BackendUnavailable, NotInitialized
 from launcher.hypervisor.lguest import (
@@ -168,8 +168,9 @@ def test_missing_device_file_says_so(tmp_path):
         open_dev_lguest(str(tmp_path / "lguest"))
 
 
-def test_registry_knows_lguest():
-    assert backend_class("lguest") is LguestBackend and backend_bus("lguest") == "lguest"
+def test_registry_knows_lguest_and_its_bus():
+    from launcher.transports.lguest_bus import LguestBus
+    assert backend_class("lguest") is LguestBackend and LguestBackend.bus is LguestBus
 
 
 # -- the fake host refuses what the real one would ------------------------------------------------

@@ -12,7 +12,9 @@ from harness import cli as harness_cli
 from harness.fakes import lguest_host
 from harness.fakes.backends import MemoryConsole
 from launcher import devspec as ds
-from launcher import lguest_boot
+from launcher import cli as launcher_cli
+from launcher.launcher import HostSide
+from launcher.reexec import Reexec, RestartFailed, original_argv
 from launcher.hypervisor.lguest import DEV_LGUEST
 from tests.unit import tiny_guests as g
 
@@ -91,19 +93,19 @@ def parsed(argv):
 
 def test_reboot_reexecs_the_same_argv(kernel, tmp_path, capfd):
     calls, consoles = [], []
-    env = lguest_boot.LguestRun(
+    host = HostSide(
         backends=ds.HostBackends(console=lambda: consoles.append(MemoryConsole()) or consoles[-1]),
-        execv=lambda path, argv: calls.append((path, argv)), argv=["/usr/bin/launcher", "--rng", "8", "k"],
-        close_fds=False)
+        reexec=Reexec(execv=lambda path, argv: calls.append((path, argv)),
+                      argv=("/usr/bin/launcher", "--rng", "8", "k"), close_fds=False))
     args = parsed(["--backend=fake", "--rng", "8", str(kernel), "fake.end=restart"])
-    assert lguest_boot.run_lguest(args, 8 << 20, kernel.read_bytes(), say=lambda s: None, env=env) == 0
+    assert launcher_cli.boot(args, host=host) == 0
     assert calls == [("/usr/bin/launcher", ["/usr/bin/launcher", "--rng", "8", "k"])]
     assert consoles[0].fileno() is None          # devices were stopped and closed first
     assert "asked for a reboot" in capfd.readouterr().err
 
 
 def test_original_argv_is_the_interpreter_and_its_arguments():
-    assert lguest_boot.original_argv() == [sys.executable, *sys.orig_argv[1:]]
+    assert original_argv() == [sys.executable, *sys.orig_argv[1:]]
 
 
 def test_chroot_and_user_come_after_initialize(kernel, tmp_path, monkeypatch):
@@ -121,9 +123,10 @@ def test_chroot_and_user_come_after_initialize(kernel, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "setresgid", lambda *ids: events.append(f"setresgid {ids}"))
     monkeypatch.setattr(os, "setresuid", lambda *ids: events.append(f"setresuid {ids}"))
     said = []
-    env = lguest_boot.LguestRun(backends=ds.HostBackends(console=MemoryConsole))
-    args = parsed(["--backend=fake", f"--chroot={tmp_path}", "--username=nobody", "8", str(kernel)])
-    assert lguest_boot.run_lguest(args, 8 << 20, kernel.read_bytes(), say=said.append, env=env) == 0
+    monkeypatch.setattr(launcher_cli, "_stderr", said.append)
+    host = HostSide(backends=ds.HostBackends(console=MemoryConsole))
+    args = parsed(["--backend=fake", "--verbose", f"--chroot={tmp_path}", "--username=nobody", "8", str(kernel)])
+    assert launcher_cli.boot(args, host=host) == 0
     assert events == ["LHREQ_INITIALIZE", f"chroot {tmp_path}", "chdir /", "initgroups nobody 65534",
                       "setresgid (65534, 65534, 65534)", "setresuid (65534, 65534, 65534)"]
     assert said.index("chroot done") < said.index("Dropping privileges completed")
@@ -163,14 +166,14 @@ def test_kvm_checks_the_privilege_flags_before_it_starts(flag, message, kernel, 
 def test_failed_reexec_is_one_line():
     def execv(path, argv):
         raise FileNotFoundError(2, "No such file or directory")
-    with pytest.raises(lguest_boot.RestartFailed, match="could not exec /gone/python to restart the guest: "
-                                                        "No such file or directory"):
-        lguest_boot.restart_launcher(["/gone/python", "-m", "harness.cli"], execv=execv, close_fds=False)
+    with pytest.raises(RestartFailed, match="could not exec /gone/python to restart the guest: "
+                                            "No such file or directory"):
+        Reexec(execv=execv, argv=("/gone/python", "-m", "harness.cli"), close_fds=False)()
 
 
 def test_timeout_breaks_out_of_a_hung_guest(kernel, capfd):
     assert boot(["--backend=fake", "--timeout=0.2", "8", str(kernel), "fake.end=hang"]) == 4
-    assert capfd.readouterr().err.endswith("lguest-harness boot: the run timed out: the deadline passed\n")
+    assert capfd.readouterr().err.endswith("lguest-harness boot: the run timed out: no end within 0.2 s\n")
 
 
 def test_sigterm_ends_a_hung_guest(kernel):

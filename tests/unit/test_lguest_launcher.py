@@ -1,56 +1,73 @@
-"""The Launcher core on the lguest bus, end to end against the fake lguest host (no kernel)."""
+"""The life cycle on the lguest bus, end to end against the fake lguest host (no kernel)."""
 import struct
 
 import pytest
 
 from harness.fakes.backends import MemoryConsole, SeededEntropy, net_pair
-from harness.fakes.lguest_host import (
-    BOOT_ENV, FakeLguestGuest, GuestOptions, NotifyAddr, fake_backend,
-)
+from harness.fakes.lguest_host import BOOT_ENV, FakeLguestGuest, GuestOptions, NotifyAddr, register
 from launcher import devspec as ds
+from launcher.config import LaunchConfig
 from launcher.hypervisor.base import Outcome
-from launcher.launcher import BadNotify, BootFiles, KernelOverlapsDevices, Launcher, lguest_memory
+from launcher.launcher import HostSide, Launcher
 from launcher.loader.errors import InitrdTooLarge
+from launcher.reexec import Reexec
+from launcher.transports.bus import Report
+from launcher.transports.lguest_bus import BadNotify, KernelOverlapsDevices, LguestBus
 from launcher.transports.lguest_page import DEVICE_PAGES
 from tests.unit import tiny_guests as g
 
 RAM = 4 << 20
 KERNEL = g.elf(g.SPIN, 32)
+register()
 
 
 class Rig:
-    """Memory, fake backend, devices over in-memory backends (the disk is a real file)."""
+    """The fake backend, devices over in-memory host sides (the disk is a real file)."""
 
-    def __init__(self, tmp_path, flags=(), options=None, guest_class=FakeLguestGuest):
-        self.memory = lguest_memory(RAM)
-        self.backend = fake_backend(self.memory, ram_size=RAM, options=options or GuestOptions(timeout=3),
-                                    guest_class=guest_class)
-        self.host = self.backend.host
+    def __init__(self, tmp_path, flags=(), options=GuestOptions(timeout=3), guest_class=FakeLguestGuest):
+        self.tmp_path = tmp_path
         self.console = MemoryConsole()
         self.net, self.peer = net_pair()
         self.entropy = SeededEntropy(7)
         backends = ds.HostBackends(console=lambda: self.console, net=lambda spec: self.net,
                                    entropy=lambda: self.entropy)
-        self.specs = [ds.ConsoleSpec(), *[_spec(f, tmp_path) for f in flags]]
-        self.devices = ds.build_devices(self.specs, backends, strict=True)
-        self.out, self.said = [], []
-        self.launcher = Launcher(self.memory, RAM, self.backend, self.devices,
-                                 out=self.out.append, say=self.said.append)
+        self.specs = tuple(_spec(f, tmp_path) for f in flags)
+        self.out, self.said, self.told, self.execs = [], [], [], []
+        self.host_side = HostSide(backends=backends, strict=True,
+                                  backend_options=(("options", options), ("guest_class", guest_class)),
+                                  reexec=Reexec(execv=lambda path, argv: self.execs.append(argv), argv=("again",),
+                                                close_fds=False))
+        self.vm: Launcher | None = None
 
     def boot(self, kernel=KERNEL, args=(), initrd=None):
-        self.launcher.setup_devices()
-        spec = self.launcher.load(BootFiles(kernel, tuple(args), initrd))
-        self.launcher.initialize(spec)
-        return spec
+        path = self.tmp_path / "vmlinux"
+        path.write_bytes(kernel)
+        config = LaunchConfig(mem_mb=RAM >> 20, kernel=path, kernel_args=tuple(args), initrd=initrd,
+                              devices=self.specs, backend="fake")
+        self.vm = Launcher(config, console_out=self.out.append, report=Report(self.said.append, self.told.append),
+                           host=self.host_side)
+        self.vm.open()
+        return self.vm.load_result
 
     def run(self, **kw):
         self.boot(**kw)
-        return self.launcher.run()
+        return self.vm.run()
+
+    @property
+    def memory(self):
+        return self.vm.memory
+
+    @property
+    def host(self):
+        return self.vm.backend.host
+
+    @property
+    def devices(self):
+        return self.vm.devices
 
     def close(self):
-        ds.close_devices(self.devices)
-        self.backend.close()
-        self.memory.close()
+        if self.vm is not None:
+            self.vm.close()
 
 
 def _spec(flag, tmp_path):
@@ -92,7 +109,7 @@ def test_full_run_console_block_net_rng(rig, tmp_path):
     assert frame[10:24] == bytes.fromhex("ffffffffffff020000000001" "88b5")
     assert r.host.guest.results["rng"] == SeededEntropy.stream(7, 64)
     # Every queue's address got an eventfd, each exactly once: 2 console, 1 block, 2 net, 1 rng.
-    queue_addrs = [q.addr for e in r.launcher.page.entries for q in e.queues]
+    queue_addrs = [q.addr for e in r.vm.bus.page.entries for q in e.queues]
     attached = [req[1] for req in r.host.requests if req[0] == "LHREQ_EVENTFD"]
     assert sorted(attached) == sorted(queue_addrs)
     assert "Device block OK: offered 04 02, accepted 00 02" in r.said
@@ -151,7 +168,6 @@ def test_death_reasons(rig, options, outcome, detail):
 
 def test_options_come_from_the_command_line(rig):
     r = rig(options=None)
-    r.host.options = None
     stopped = r.run(args=["fake.end=die", "fake.reason=from_the_cmdline"])
     assert stopped.detail == "from the cmdline"
 
@@ -170,11 +186,11 @@ class Hostile(FakeLguestGuest):
 def test_early_console_is_bounded_and_outside_is_refused(rig):
     r = rig(guest_class=Hostile)
     r.boot()
-    limit = r.launcher.guest_limit
+    limit = r.vm.bus.guest_limit
     r.memory.write(limit - 3, b"end")
     with pytest.raises(BadNotify, match=r"bad NOTIFY 0x10000000000: not a device's address and outside "
                                         rf"the guest \(0..{limit:#x}\)"):
-        r.launcher.run()
+        r.vm.run()
     assert r.out == [b"hi", b"end"]
 
 
@@ -189,8 +205,7 @@ def test_console_input_and_net_receive(rig):
 
 
 def test_memory_layout_leaves_device_pages_above_ram():
-    with lguest_memory(RAM) as mem:
-        assert mem.size == RAM + DEVICE_PAGES * 4096
+    assert LguestBus.memory_size(RAM) == RAM + DEVICE_PAGES * 4096
 
 
 # -- loader to launcher: what each kind of image becomes on the lguest bus ----------------------------
@@ -205,14 +220,14 @@ def test_bzimage_runs_its_own_decompressor_from_code32_start(rig):
     assert r.memory.read(0x100000, 4) == b"\xf4" * 4                   # the protected-mode code at 1 MiB
     zero = r.memory.read(0, 4096)
     assert zero[0x1F1] == 0                # the original left the bzImage's setup header out of the zero page
-    assert r.launcher.run().outcome is Outcome.POWER_OFF
+    assert r.vm.run().outcome is Outcome.POWER_OFF
 
 
 @pytest.mark.parametrize("bits,kind", [(32, "ELF32"), (64, "ELF64")])
 def test_elf_entry_reaches_lhreq_initialize(rig, bits, kind):
     r = rig()
     r.boot(kernel=g.make_elf(bits, [(0x200000, b"\x90" * 16, 0x1000)], entry=0x200008))
-    assert r.launcher.result.kind.name == kind
+    assert r.vm.load_result.kind.name == kind
     assert r.host.requests[0][3] == 0x200008
     assert r.memory.read(0x200000, 16) == b"\x90" * 16
 
@@ -220,9 +235,8 @@ def test_elf_entry_reaches_lhreq_initialize(rig, bits, kind):
 def test_not_a_kernel_writes_nothing_to_the_guest(rig):
     from launcher.loader.errors import NotAKernel
     r = rig()
-    r.launcher.setup_devices()
     with pytest.raises(NotAKernel):
-        r.launcher.load(BootFiles(b"#!/bin/sh\n" * 100))
+        r.boot(kernel=b"#!/bin/sh\n" * 100)
     assert r.memory.read(0, 4096) == bytes(4096) and r.host.requests == []
 
 
@@ -238,9 +252,7 @@ def test_reset_and_probe_again_reuses_the_eventfds(rig, tmp_path):
 
 
 def test_failed_status_is_warned_and_stops_the_device(rig):
-    warnings = []
     r = rig("rng", options=GuestOptions(fail="rng", timeout=3))
-    r.launcher.warn = warnings.append
     assert r.run().outcome is Outcome.POWER_OFF
-    assert warnings == ["Device rng configuration FAILED"]
+    assert r.told == ["Device rng configuration FAILED"]
     assert not r.devices[1].active and r.devices[0].active

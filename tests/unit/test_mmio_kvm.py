@@ -10,6 +10,7 @@ from harness.fakes.backends import SeededEntropy
 from launcher.devices.rng import RngDevice
 from launcher.hypervisor.base import BootSpec, Outcome
 from launcher.hypervisor.kvm import KvmBackend
+from launcher.devspec import close_devices
 from launcher.hypervisor.kvm_virtio import IRQS, MMIO_BASE, KvmVirtioMmio, TooManyMmioDevices
 from launcher.io.service import QueueWorkers
 from launcher.loader import Cmdline, KernelKind
@@ -50,6 +51,7 @@ def run_guest(code: bytes, devices_count: int = 2, irqchip: bool = False):
                 return event, bytes(out), backend.stats.exits.get("KVM_EXIT_MMIO", 0), mmio, kicks
             finally:
                 mmio.close()
+                close_devices(mmio_devices(mmio))
 
 
 def _take(fd: int) -> int:
@@ -91,6 +93,7 @@ def test_transport_trigger_signals_the_irqfd():
                 assert seen == [1] and slot.transport.interrupt_status == 1
             finally:
                 mmio.close()
+                close_devices(mmio_devices(mmio))
             assert slot.irq_fd is None
 
 
@@ -106,6 +109,7 @@ def test_command_line_announces_each_device_in_order():
                 assert mmio.cmdline_values()[0] == "0x200@0xd0000000:5"
             finally:
                 mmio.close()
+                close_devices(mmio_devices(mmio))
 
 
 def test_too_many_devices_is_refused():
@@ -113,3 +117,7 @@ def test_too_many_devices_is_refused():
         with KvmBackend(mem, lambda data: None, irqchip=True) as backend:
             with pytest.raises(TooManyMmioDevices, match="free ISA interrupt lines"):
                 KvmVirtioMmio(backend, mem, [object()] * (len(IRQS) + 1))
+
+
+def mmio_devices(mmio) -> list:
+    return [slot.device for slot in mmio.slots]
