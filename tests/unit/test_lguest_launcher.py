@@ -4,9 +4,8 @@ import struct
 import pytest
 
 from harness.fakes.backends import MemoryConsole, SeededEntropy, net_pair
-from harness.fakes.lguest_host import (
-    BOOT_ENV, FakeLguestGuest, GuestOptions, NotifyAddr, fake_backend,
-)
+from harness.fakes.guest_events import NotifyAddr
+from harness.fakes.lguest_host import BOOT_ENV, FakeLguestGuest, GuestOptions, fake_backend
 from launcher import devspec as ds
 from launcher.hypervisor.base import Outcome
 from launcher.launcher import BadNotify, BootFiles, KernelOverlapsDevices, Launcher, lguest_memory
