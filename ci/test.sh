@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh
 PY=${PYTHON:-python3}
 lint-imports
+# The packaged wheel carries the compiled KVM bindings: install it in a clean venv, boot with no compiler.
+bash ci/wheel-check.sh
 # The integration tests boot the recipe kernel: build it here so its progress shows.
 lguest-harness kernel build
 "$PY" -m pytest tests "$@"

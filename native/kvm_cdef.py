@@ -4,7 +4,12 @@ Every struct is declared partial ("...;"), so cffi asks the C compiler for the r
 offsets and sizes: nothing here is a hand-counted layout.  Only the fields the
 launcher uses are named.  Constants are "#define X ..." so their values also come
 from the headers (the KVM_* ioctl numbers are _IO/_IOW macros there).
+
+native/kvm_build.py compiles these into native._kvm at install time and stamps the
+module with digest(), so native.kvm can tell a build of older declarations (a stale
+in-tree extension after this file changed) from a current one.
 """
+import hashlib
 
 CDEF = r"""
 typedef unsigned char __u8; typedef unsigned short __u16; typedef unsigned int __u32;
@@ -157,3 +162,15 @@ long lh_ioctl_int(int fd, unsigned long request, unsigned long arg)
     return r < 0 ? -errno : r;
 }
 """
+
+# The build stamps the extension with the digest of the declarations it was built from.
+DIGEST_CDEF = "\n#define LH_BINDINGS_DIGEST ...\n"
+
+
+def digest() -> int:
+    """A 63-bit hash of CDEF and SOURCE (fits a C long long either way round)."""
+    return int.from_bytes(hashlib.sha256(f"{CDEF}\0{SOURCE}".encode()).digest()[:8], "big") >> 1
+
+
+def digest_source() -> str:
+    return f"\n#define LH_BINDINGS_DIGEST {digest()}LL\n"

@@ -31,8 +31,9 @@ import dataclasses
 import time
 from typing import Iterator
 
-from harness.fakes.lguest_host import POWER_DOWN, Die, Pause     # it imports us only when fake.shell runs
+from harness.fakes.guest_events import Die, Pause
 from harness.initramfs import PROMPT, READY_MARKER
+from launcher.hypervisor.lguest import POWER_DOWN
 
 RELEASE = "fake-lguest"
 UNAME = {"s": "Linux", "n": "(none)", "r": RELEASE, "v": "#1 lguest-harness fake guest", "m": "x86_64"}

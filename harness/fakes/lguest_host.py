@@ -7,7 +7,7 @@ of LHREQ_EVENTFD really an eventfd, pread offset == cpu 0, size == one word): a 
 fails as the 2.6.39 host would (EINVAL and friends) and is recorded in `violations`.
 
 Each pread runs the fake guest (a generator, FakeLguestGuest.run) until it does something
-the Launcher must see:
+the Launcher must see, one of harness.fakes.guest_events:
 
     NotifyAddr(addr)  LHCALL_NOTIFY; an address with an attached eventfd signals the eventfd
                       and the guest runs on, any other returns addr to the Launcher
@@ -35,6 +35,8 @@ import time
 from typing import Iterator
 
 from harness.fakes.driver import FakeDriver
+from harness.fakes.fake_shell import serve
+from harness.fakes.guest_events import Die, NotifyAddr, Pause, Restart
 from launcher.hypervisor import register_backend
 from launcher.hypervisor.lguest import CRASH_PREFIX, HOST_WORD, POWER_DOWN, Lhreq, LguestBackend, WordAbi
 from launcher.loader import bootparams as bp
@@ -59,28 +61,6 @@ NET_HDR = bytes(10)
 ARENA = (0x10000, 0x9F000)  # low memory below 640K: never kernel (1 MiB+) or initrd (top)
 ARENA_CHUNK = 0x4000
 EARLY_CONSOLE_ADDR = 0x3000
-
-
-# -- what the guest does ------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class NotifyAddr:
-    addr: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Die:
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Restart:
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class Pause:
-    pass
 
 
 class GuestCheckFailed(Exception):
@@ -178,7 +158,6 @@ class FakeLguestGuest:
                 yield from self.set_status(dev, ACK | DRIVER | DRIVER_OK | FAILED)
         if self.options.shell:
             self.expect(console is not None, "fake.shell: there is no console")
-            from harness.fakes.fake_shell import serve     # it imports this module
             ended = yield from serve(self, console)
             if ended is not None:
                 yield ended

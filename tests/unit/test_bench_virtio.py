@@ -4,12 +4,12 @@ import threading
 import time
 
 from harness import bench
-from harness.bench_guest import Cpu, dd_figures, launcher_cpu, mbps
+from harness.bench.runner import Cpu, dd_figures, launcher_cpu, mbps
 
 
 def test_registered():
-    assert bench.BENCHMARKS["blk"] == "harness.bench_blk"
-    assert bench.BENCHMARKS["net"] == "harness.bench_net"
+    assert bench.BENCHMARKS["blk"] == "harness.bench.blk"
+    assert bench.BENCHMARKS["net"] == "harness.bench.net"
 
 
 def test_dd_summary_lines():

@@ -3,7 +3,7 @@ import argparse
 import re
 
 from harness import bench
-from harness.bench_vring import SHAPES
+from harness.bench.vring import SHAPES
 
 
 def test_bench_vring_prints_rates_for_every_shape(capsys):

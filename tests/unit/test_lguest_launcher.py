@@ -4,7 +4,8 @@ import struct
 import pytest
 
 from harness.fakes.backends import MemoryConsole, SeededEntropy, net_pair
-from harness.fakes.lguest_host import BOOT_ENV, FakeLguestGuest, GuestOptions, NotifyAddr, register
+from harness.fakes.guest_events import NotifyAddr
+from harness.fakes.lguest_host import BOOT_ENV, FakeLguestGuest, GuestOptions, register
 from launcher import devspec as ds
 from launcher.config import LaunchConfig
 from launcher.hypervisor.base import Outcome

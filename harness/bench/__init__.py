@@ -1,4 +1,8 @@
-"""`lguest-harness bench WHAT`: benchmarks that print figures (never timed tests)."""
+"""`lguest-harness bench WHAT`: benchmarks that print figures (never timed tests).
+
+One module per benchmark (blk, boot, net, vring), each with main(args); runner holds what
+the guest benchmarks (blk, net) share: booting a recipe guest and reading the launcher's CPU.
+"""
 from __future__ import annotations
 
 import importlib
@@ -6,10 +10,10 @@ import importlib
 HELP = "run a benchmark and print its figures"
 
 BENCHMARKS = {
-    "blk": "harness.bench_blk",
-    "boot": "harness.bench_boot",
-    "net": "harness.bench_net",
-    "vring": "harness.bench_vring",
+    "blk": "harness.bench.blk",
+    "boot": "harness.bench.boot",
+    "net": "harness.bench.net",
+    "vring": "harness.bench.vring",
 }
 
 

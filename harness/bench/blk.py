@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from harness.bench_guest import MIB, boot_guest, host_dd, launcher_cpu, mbps, timed
+from harness.bench.runner import MIB, boot_guest, host_dd, launcher_cpu, mbps, timed
 
 DISK_MB = 64
 MOVE_MB = 16

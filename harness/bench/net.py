@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from harness.bench_guest import MIB, boot_guest, check, launcher_cpu, mbps
+from harness.bench.runner import MIB, boot_guest, check, launcher_cpu, mbps
 
 MOVE_MB = 2     # TCP in a kvm_pvm guest runs at tens of KB/s: its kernel code is emulated
 HOST_IP, GUEST_IP = "10.213.9.1", "10.213.9.2"
