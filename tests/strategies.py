@@ -1,4 +1,4 @@
-"""Hypothesis strategies shared by the property tests (tests/unit/test_*_props.py)."""
+"""Hypothesis strategies shared by the property tests (tests/unit/**/test_*_props.py)."""
 from __future__ import annotations
 
 import functools

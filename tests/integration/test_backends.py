@@ -1,6 +1,6 @@
 """One guest test, every backend this machine has (issue 7, item 3): the ids name the backend.
 lguest is left out because no kernel since 4.14 offers /dev/lguest; the plugin skips a backend
-a host lacks, naming the device it needs (tests/unit/test_plugin_backends.py).  The fake one boots the same kernel and initramfs through the real Launcher, its scripted
+a host lacks, naming the device it needs (tests/unit/harness/test_plugin_backends.py).  The fake one boots the same kernel and initramfs through the real Launcher, its scripted
 guest answering with a tiny shell (harness.fakes.fake_shell)."""
 import pytest
 

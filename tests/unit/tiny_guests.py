@@ -1,5 +1,5 @@
 """Hand-assembled guests for the KVM exit-path tests (valid in 32- and 64-bit mode)."""
-from tests.unit.loader_images import make_elf
+from tests.unit.loader.images import make_elf
 
 __all__ = ["make_elf"]
 

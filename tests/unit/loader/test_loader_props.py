@@ -7,7 +7,7 @@ from hypothesis import example, given, strategies as st
 from launcher.errors import LoaderError
 from launcher.loader import load_kernel_bytes
 from launcher.memory import GuestMemory
-from tests.unit.loader_images import make_bzimage, make_elf
+from tests.unit.loader.images import make_bzimage, make_elf
 
 MEM = 2 << 20  # small: every example fills and checks all of it
 CANARY = 0x5A

@@ -7,7 +7,7 @@ from launcher.loader import errors as E
 from launcher.loader import KernelKind, load_initrd, load_kernel, load_kernel_bytes
 from launcher.loader.decompress import MAGICS
 from launcher.memory import GuestMemory
-from tests.unit.loader_images import COMPRESSORS, ET_DYN, make_bzimage, make_elf
+from tests.unit.loader.images import COMPRESSORS, ET_DYN, make_bzimage, make_elf
 
 MEM = 4 << 20
 

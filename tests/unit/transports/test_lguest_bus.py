@@ -213,7 +213,7 @@ def test_memory_layout_leaves_device_pages_above_ram():
 
 def test_bzimage_runs_its_own_decompressor_from_code32_start(rig):
     from launcher.loader import KernelKind
-    from tests.unit.loader_images import make_bzimage
+    from tests.unit.loader.images import make_bzimage
     image = make_bzimage(g.elf(g.SPIN, 32), code32_start=0x100000)
     r = rig()
     spec = r.boot(kernel=image)

@@ -10,7 +10,7 @@ from harness.fakes.backends_bench import DeviceBench
 from harness.fakes.driver import QueueFull
 from launcher.devices.base import LEGACY_STATUS_TRANSITIONS, STATUS_TRANSITIONS, DeviceStatus
 from launcher.devices.rng import RngDevice
-from tests.unit.test_dev_base import ALL_STATUS, spec_allows
+from tests.unit.devices.test_base import ALL_STATUS, spec_allows
 
 OFFERED = 0b1010_0101
 OK, F, NEEDS_RESET = DeviceStatus.DRIVER_OK, DeviceStatus.FAILED, DeviceStatus.DEVICE_NEEDS_RESET

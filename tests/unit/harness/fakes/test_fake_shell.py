@@ -18,7 +18,7 @@ from harness.initramfs import PROMPT, READY_MARKER
 from harness.launch import GuestSpec, boot
 from tests.unit import tiny_guests as g
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 CMDLINE = "console=ttyS0 panic=-1 quiet fake.shell"
 
 
