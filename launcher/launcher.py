@@ -43,7 +43,7 @@ from launcher.transports.bus import Report
 class HostSide:
     """What the host gives a guest beyond its configuration; tests swap in doubles."""
     backends: HostBackends | None = None        # devices' host sides (default: the real ones)
-    backend_options: tuple = ()                 # extra (name, value) keyword arguments for the backend
+    backend_options: dict = dataclasses.field(default_factory=dict)   # extra keyword arguments for the backend
     reexec: Reexec = Reexec()                   # how a REEXEC backend's reboot re-executes us
     strict: bool = False                        # transports raise on a broken rule instead of logging it
 
@@ -100,7 +100,7 @@ class Launcher:
 
     def _open_backend(self, system_map: SystemMap | None) -> None:
         self.backend = self.backend_class(self.memory, self.console_out, ram_size=self.config.ram_size,
-                                          system_map=system_map, **dict(self.host.backend_options))
+                                          system_map=system_map, **self.host.backend_options)
 
     def _place_devices(self) -> None:
         specs = self.bus_class.device_specs(self.config.devices, self.config.hvc)

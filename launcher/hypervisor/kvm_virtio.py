@@ -75,11 +75,12 @@ class KvmVirtioMmio:
     """
 
     def __init__(self, backend, memory, devices: list, *, base: int = MMIO_BASE,
-                 irqs: tuple[int, ...] = IRQS, strict: bool = False, event_idx: bool = True):
+                 irqs: tuple[int, ...] = IRQS, strict: bool = False, event_idx: bool = True,
+                 report: Report = Report()):
         if len(devices) > len(irqs):
             raise TooManyMmioDevices(len(devices))
         self.backend = backend
-        self.report = Report()
+        self.report = report
         self.slots: list[MmioSlot] = []
         use_irqfd = getattr(backend, "irqchip", False) and hasattr(backend, "attach_irqfd")
         try:
@@ -140,10 +141,9 @@ class KvmVirtioMmio:
     @classmethod
     def place(cls, backend, memory, devices: list, *, ram_size: int, specs: list,
               report: Report = Report(), early_console=None, strict: bool = False) -> "KvmVirtioMmio":
-        bus = cls(backend, memory, devices, strict=strict)
+        bus = cls(backend, memory, devices, strict=strict, report=report)
         for line in bus.describe():
             report.say(line)
-        bus.report = report
         return bus
 
     def check_kernel_end(self, end: int) -> None:

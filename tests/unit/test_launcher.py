@@ -46,7 +46,7 @@ def test_config_to_a_stopped_guest_on_every_backend(backend, outcome, expected, 
     options = _lguest_over_the_fake_device_file(holder) if backend == "lguest" else {}
     config = LaunchConfig(mem_mb=4, kernel=kernel, kernel_args=("quiet",), backend=backend)
     vm = Launcher(config, console_out=received.append, report=Report(say=said.append),
-                  host=HostSide(backend_options=tuple(options.items())))
+                  host=HostSide(backend_options=options))
     holder[0] = vm
     with vm:
         assert vm.memory is not None and vm.bus is not None and vm.load_result.entry
@@ -60,7 +60,7 @@ def test_config_to_a_stopped_guest_on_every_backend(backend, outcome, expected, 
 def test_console_input_from_the_caller_reaches_the_guest(kernel):
     received = []
     config = LaunchConfig(mem_mb=4, kernel=kernel, backend="fake")
-    host = HostSide(backend_options=(("options", GuestOptions(console_rx=True, timeout=5)),))
+    host = HostSide(backend_options={"options": GuestOptions(console_rx=True, timeout=5)})
     with Launcher(config, console_out=received.append, host=host) as vm:
         assert vm.send_console_input(b"typed") == 5
         assert vm.run().outcome is Outcome.POWER_OFF

@@ -35,7 +35,7 @@ class Rig:
         self.specs = tuple(_spec(f, tmp_path) for f in flags)
         self.out, self.said, self.told, self.execs = [], [], [], []
         self.host_side = HostSide(backends=backends, strict=True,
-                                  backend_options=(("options", options), ("guest_class", guest_class)),
+                                  backend_options={"options": options, "guest_class": guest_class},
                                   reexec=Reexec(execv=lambda path, argv: self.execs.append(argv), argv=("again",),
                                                 close_fds=False))
         self.vm: Launcher | None = None
