@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=sorted(BACKENDS), default=default_backend(),
                         help="hypervisor backend (default: kvm where /dev/kvm exists)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"end the run after this long (default {DEFAULT_TIMEOUT:g}); exit status 4")
+                        help=f"end the run after this long (default {DEFAULT_TIMEOUT:g}; inf: no limit); exit status 4")
     parser.add_argument("--system-map", metavar="FILE", help="System.map for crash reports (default: beside KERNEL)")
     parser.add_argument("--stats-json", metavar="FILE",
                         help="write the run's figures (outcome, wall and in-hypervisor seconds, exits) as JSON")

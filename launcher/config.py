@@ -12,11 +12,12 @@ the rule, before any guest memory or hypervisor exists.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pwd
 from pathlib import Path
 
-from launcher.devspec import DeviceSpec
+from launcher.devspec import BlockSpec, DeviceSpec
 from launcher.errors import LauncherError
 from launcher.hypervisor import backend_class, default_backend
 
@@ -68,8 +69,8 @@ class LaunchConfig:
     def __post_init__(self):
         if not MIN_MEM_MB <= self.mem_mb <= MAX_MEM_MB:
             raise UsageError(f"MEM_MB must be between {MIN_MEM_MB} and {MAX_MEM_MB}, not {self.mem_mb}")
-        if not self.timeout > 0:
-            raise UsageError(f"--timeout must be positive, not {self.timeout:g}")
+        if not self.timeout > 0:        # also refuses nan
+            raise UsageError(f"--timeout must be positive (inf: no limit), not {self.timeout:g}")
         if self.hvc is not None and self.hvc not in HVC_CHOICES:
             raise UsageError(f"--hvc must be one of {', '.join(HVC_CHOICES)}, not {self.hvc!r}")
         backend_class(self.backend)     # UnknownBackend names the known ones
@@ -80,6 +81,7 @@ class LaunchConfig:
             object.__setattr__(self, "initrd", Path(self.initrd))
         if self.system_map is not None:
             object.__setattr__(self, "system_map", Path(self.system_map))
+        _refuse_shared_writable_disks(self.devices)
         self.user()                     # unknown user / missing chroot: refused now
         if self.chroot is not None and not os.path.isdir(self.chroot):
             raise ChrootUnusable(f"--chroot={self.chroot}: no such directory")
@@ -88,6 +90,11 @@ class LaunchConfig:
     def ram_size(self) -> int:
         return self.mem_mb << 20
 
+    @property
+    def time_limit(self) -> float | None:
+        """Seconds a run may take; None for --timeout inf."""
+        return None if math.isinf(self.timeout) else self.timeout
+
     def user(self) -> pwd.struct_passwd | None:
         if self.username is None:
             return None
@@ -95,3 +102,20 @@ class LaunchConfig:
             return pwd.getpwnam(self.username)
         except KeyError:
             raise UnknownUser(self.username) from None
+
+
+def _refuse_shared_writable_disks(devices: tuple) -> None:
+    """Two writable disks over one file would each cache and overwrite the other's sectors."""
+    seen: dict[tuple[int, int], str] = {}
+    for spec in devices:
+        if not isinstance(spec, BlockSpec) or spec.read_only:
+            continue
+        try:
+            st = os.stat(spec.path)
+        except OSError:
+            continue        # parse_block already named a missing file; the device build will too
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise UsageError(f"--block={spec.path}: the same file as --block={seen[key]}; two writable disks "
+                             f"over one file would corrupt it (give the second as --block-ro)")
+        seen[key] = spec.path

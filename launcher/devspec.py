@@ -26,6 +26,7 @@ import os
 import re
 from typing import Callable
 
+from launcher.devices.block import SECTOR_SIZE
 from launcher.errors import LauncherError
 
 DEVICE_DEST = "device_flags"      # argparse dest: [(flag, value)] in command-line order
@@ -99,7 +100,8 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tunnet", metavar="(IP[:MAC]|bridge:NAME[:MAC])", dest="tunnet", action=_InOrder,
                        help="a virtio-net device over a new tap: routed with IP, or on bridge NAME")
     group.add_argument("--block", metavar="FILE", dest="block", action=_InOrder,
-                       help="a virtio-blk disk over FILE")
+                       help="a virtio-blk disk over FILE (at least one 512-byte sector; a trailing "
+                            "partial sector is not shown to the guest)")
     group.add_argument("--block-ro", metavar="FILE", dest="block_ro", action=_InOrder,
                        help="a read-only virtio-blk disk over FILE")
     group.add_argument("--rng", dest="rng", nargs=0, action=_InOrder,
@@ -178,7 +180,23 @@ def parse_block(text: str, read_only: bool = False) -> BlockSpec:
     if not os.access(text, os.R_OK if read_only else os.R_OK | os.W_OK):
         need = "readable" if read_only else "readable and writable (or use --block-ro)"
         raise DeviceSpecError(f"{flag}={text}: the file is not {need}")
+    size = _disk_size(text, flag)
+    if size < SECTOR_SIZE:
+        raise DeviceSpecError(f"{flag}={text}: {size} bytes is less than one {SECTOR_SIZE}-byte sector; a disk "
+                              f"needs at least one (a trailing partial sector is never shown to the guest)")
     return BlockSpec(text, read_only)
+
+
+def _disk_size(path: str, flag: str) -> int:
+    """The size a disk shows: lseek to the end works for block devices too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise DeviceSpecError(f"{flag}={path}: {err.strerror}") from err
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 _PARSERS: dict[str, Callable[[object], DeviceSpec]] = {

@@ -179,9 +179,10 @@ class Launcher:
 
     # -- 4. run ----------------------------------------------------------------------------------------------
     def run(self, deadline: float | None = None) -> Stopped:
-        """Run until the guest ends; deadline is time.monotonic() (default: now + config.timeout)."""
-        if deadline is None:
-            deadline = time.monotonic() + self.config.timeout
+        """Run until the guest ends; deadline is time.monotonic() (default: now + config.timeout,
+        none for an infinite timeout)."""
+        if deadline is None and self.config.time_limit is not None:
+            deadline = time.monotonic() + self.config.time_limit
         stdin = self._terminal_input()
         previous = self._catch_sigterm()
         try:

@@ -51,16 +51,24 @@ def boot(argv):
     (["--initrd={big}", "2", "{k}"], "does not fit between the kernel's end"),
     (["8", "{far}"], "past the end of guest RAM 0x800000 where the lguest device pages start"),
     (["8", "{k}", "x" * 3000], "exceeds the limit of 2048 bytes"),
+    (["--timeout=nan", "8", "{k}"], "--timeout must be positive (inf: no limit), not nan"),
+    (["--block=/dev/null", "8", "{k}"], "--block=/dev/null: 0 bytes is less than one 512-byte sector"),
+    (["--block={tiny}", "8", "{k}"], "1 bytes is less than one 512-byte sector"),
+    (["--block={disk}", "--block={disk}", "8", "{k}"], "the same file as --block={disk}; two writable disks"),
 ])
 def test_bad_input_is_one_line(argv, message, kernel, tmp_path, capsys):
     big = tmp_path / "big"
     big.write_bytes(bytes(3 << 20))
+    tiny = tmp_path / "tiny"
+    tiny.write_bytes(b"x")
+    disk = tmp_path / "disk"
+    disk.write_bytes(bytes(4096))
     far = tmp_path / "far"
     far.write_bytes(g.make_elf(32, [(0x7FF000, b"\x90", 0x2000)], entry=0x7FF000))
-    argv = [a.format(k=kernel, big=big, far=far) for a in argv]
+    argv = [a.format(k=kernel, big=big, far=far, tiny=tiny, disk=disk) for a in argv]
     assert boot(["--backend=fake", *argv]) == 1
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
+    assert message.format(disk=disk) in err and err.count("\n") == 1, err
 
 
 def test_lguest_backend_without_the_module(kernel, capsys):
@@ -174,6 +182,15 @@ def test_failed_reexec_is_one_line():
 def test_timeout_breaks_out_of_a_hung_guest(kernel, capfd):
     assert boot(["--backend=fake", "--timeout=0.2", "8", str(kernel), "fake.end=hang"]) == 4
     assert capfd.readouterr().err.endswith("lguest-harness boot: the run timed out: no end within 0.2 s\n")
+
+
+def test_infinite_timeout_means_no_limit(kernel, tmp_path, capfd):
+    stats = tmp_path / "stats.json"
+    assert boot(["--backend=fake", "--timeout=inf", f"--stats-json={stats}", "8", str(kernel)]) == 0
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "OverflowError" not in err
+    assert err.endswith("lguest-harness boot: the guest powered off: CRASH: Power down\n")
+    assert '"outcome": "POWER_OFF"' in stats.read_text()      # --stats-json on the lguest bus too
 
 
 def test_sigterm_ends_a_hung_guest(kernel):
