@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 zstd
-  linux-source-6.1 busybox-static iproute2 e2fsprogs python3-dev libffi-dev
+  linux-source-6.1 busybox-static iproute2 e2fsprogs python3-dev libffi-dev qemu-system-x86
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

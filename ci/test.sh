@@ -10,3 +10,5 @@ bash ci/wheel-check.sh
 # The integration tests boot the recipe kernel: build it here so its progress shows.
 lguest-harness kernel build
 "$PY" -m pytest tests "$@"
+# The real-guest tests once more, on ordinary KVM (kvm_amd in an L1 VM), as users run them.
+bash ci/nested-kvm.sh

@@ -106,6 +106,14 @@ def tap_netns():
     netns.remove(ns)
 
 
+@pytest.fixture(scope="session")
+def host_quirks() -> frozenset[str]:
+    """The kernel option keys the launcher adds for this host's kind of KVM (launcher.hostquirks):
+    a test that depends on the host kind asks this instead of assuming one."""
+    from launcher.hostquirks import detect_host, kernel_options
+    return frozenset(option.key for option in kernel_options(detect_host(), tsc_khz=None))
+
+
 # -- guests -------------------------------------------------------------------------------
 class _Booter:
     """Turns marker-style options into a GuestSpec and a booted Guest."""

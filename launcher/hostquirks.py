@@ -23,6 +23,11 @@ def detect_host(module_path: Path = PVM_MODULE) -> HostKind:
     return HostKind.KVM_PVM if module_path.exists() else HostKind.KVM
 
 
+def cpuid_reaches_guest(host: HostKind) -> bool:
+    """Whether the guest sees the CPUID the launcher sets (kvm_pvm shows it the host's own)."""
+    return host is not HostKind.KVM_PVM
+
+
 @dataclass(frozen=True)
 class KernelOption:
     key: str

@@ -23,6 +23,7 @@ from launcher.hypervisor.errors import NotInitialized
 from launcher.hypervisor.kvm_ports import (
     COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, I8042_DATA, Cmos, I8042, UartPorts,
 )
+from launcher.hypervisor.kvm_cpuid import present_as_guest
 from launcher.hypervisor.kvm_virtio import KvmVirtioMmio
 from launcher.hypervisor.kvm_sys import KvmSystem, ioctl
 from launcher.hypervisor.kvm_vcpu import Vcpu, install_kick_handler
@@ -80,9 +81,11 @@ class KvmBackend(Backend):
             pit.flags = lib.KVM_PIT_SPEAKER_DUMMY
             ioctl(self.vm_fd, lib.KVM_CREATE_PIT2, pit)
         self.vcpu = Vcpu(self.vm_fd, 0, self._system.vcpu_mmap_size())
-        # CPUID masking has no effect on kvm_pvm (the guest sees the host's); set it anyway
-        # so a normal KVM host presents exactly what it supports.
-        self.vcpu.set_cpuid(self._system.supported_cpuid())
+        # CPUID set here has no effect on kvm_pvm (the guest sees the host's); on an ordinary
+        # KVM the guest sees what KVM supports, as a guest of a hypervisor (kvm_cpuid).
+        cpuid = self._system.supported_cpuid()
+        present_as_guest(cpuid)
+        self.vcpu.set_cpuid(cpuid)
         self.vcpu.set_fpu_defaults()
         self._reset_devices()
 

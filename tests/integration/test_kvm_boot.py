@@ -7,6 +7,8 @@ import pytest
 
 from harness.initramfs import READY_MARKER, build_initramfs
 from harness.kernel import ensure_kernel
+from launcher.hostquirks import cpuid_reaches_guest, detect_host
+from launcher.hypervisor.kvm_cpuid import BRAND
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 
@@ -25,9 +27,19 @@ class TestBootedGuest:
     def test_arithmetic(self, guest):
         assert guest.run("echo $((6*7))").output == "42\n"
 
-    def test_proc_cmdline_is_ours(self, guest):
+    def test_proc_cmdline_is_ours(self, guest, host_quirks):
         words = guest.run("cat /proc/cmdline").output.split()
-        assert {TOKEN, "console=ttyS0", "panic=-1", "kvm_pvm_quirks"} <= set(words)
+        keys = {word.split("=", 1)[0] for word in words}
+        assert {TOKEN, "console=ttyS0", "panic=-1"} <= set(words)
+        assert host_quirks <= keys                              # this host's workarounds, and
+        assert ("kvm_pvm_quirks" in keys) == ("kvm_pvm_quirks" in host_quirks)   # never elsewhere
+
+    def test_the_cpu_says_it_is_a_guest(self, guest):
+        info = guest.run("cat /proc/cpuinfo").output
+        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
+        assert "hypervisor" in flags
+        if cpuid_reaches_guest(detect_host()):          # kvm_pvm shows the guest the host's CPUID
+            assert f"model name\t: {BRAND}" in info
 
     def test_memtotal_matches_mem_mb(self, guest):
         total_kb = int(guest.run("grep MemTotal /proc/meminfo").output.split()[1])
