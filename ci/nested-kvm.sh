@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 mkdir -p ci-artifacts
 exec "$PY" -m harness.nested --log ci-artifacts/nested-l1-console.log -- \
-  "$PY" -m pytest tests/integration -q -p no:cacheprovider "$@"
+  "$PY" -m pytest tests/integration -q -p no:cacheprovider --color=no "$@"
