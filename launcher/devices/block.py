@@ -117,6 +117,12 @@ class SectorOutOfRange(BlockRequestFault):
                          f"past the end of the disk ({capacity:#x} sectors) (5.2.6)")
 
 
+class IdBufferTooShort(BlockRequestFault):
+    def __init__(self, head: int, length: int):
+        super().__init__(f"block: get-id request {head:#x} has {length} writable data bytes, fewer than the "
+                         f"{VIRTIO_BLK_ID_BYTES}-byte ID string (5.2.6.1)")
+
+
 class BlockDevice(VirtioDevice):
     device_id = DeviceId.BLOCK
     name = "block"
@@ -173,11 +179,13 @@ class BlockDevice(VirtioDevice):
             if self.read_only:
                 self.log.info("write to a read-only disk refused")
                 return BlkStatus.VIRTIO_BLK_S_IOERR, 0
-            return self._host_io(lambda: self._write(hdr.sector, data_out), 0)
+            return self._host_io(lambda: self._write_committed(hdr.sector, data_out), 0)
         if kind is BlkType.VIRTIO_BLK_T_FLUSH:
             return self._host_io(self.backend.flush, 0)
         if data_out:
             raise DataWrongDirection(head, "get-id", total_len(data_out), total_len(data_in))
+        if total_len(data_in) < VIRTIO_BLK_ID_BYTES:
+            raise IdBufferTooShort(head, total_len(data_in))
         ident = self.backend.device_id()[:VIRTIO_BLK_ID_BYTES].ljust(VIRTIO_BLK_ID_BYTES, b"\0")
         return BlkStatus.VIRTIO_BLK_S_OK, scatter(data_in, ident)
 
@@ -203,6 +211,13 @@ class BlockDevice(VirtioDevice):
         done = self.backend.write_from(views, sector * SECTOR_SIZE)
         if done != want:
             raise OSError(f"short write: {done:#x} of {want:#x} bytes at sector {sector:#x}")
+
+    def _write_committed(self, sector: int, views) -> None:
+        """Without VIRTIO_BLK_F_FLUSH negotiated the device MUST commit a write before completing
+        it (5.2.6.2: write-through); with it, the driver asks for durability with FLUSH."""
+        self._write(sector, views)
+        if not self.has_feature(VIRTIO_BLK_F_FLUSH):
+            self.backend.flush()
 
     def _host_io(self, action, data_len: int) -> tuple[int, int]:
         """Host I/O errors are not the guest's fault: S_IOERR, a log line, host_errors."""

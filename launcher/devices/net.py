@@ -65,6 +65,7 @@ class NetHdr:
 LEGACY_HDR_SIZE = NetHdr.LAYOUT.size   # 10
 MRG_HDR_SIZE = LEGACY_HDR_SIZE + 2     # 12: + le16 num_buffers
 NUM_BUFFERS_OFFSET = LEGACY_HDR_SIZE
+FLAGS_OFFSET = 0
 
 CONFIG_LAYOUT = struct.Struct("<6sH")  # struct virtio_net_config: mac[6], le16 status
 
@@ -166,6 +167,10 @@ class NetDevice(VirtioDevice):
         if size == MRG_HDR_SIZE:
             # The backend leaves num_buffers alone (tun skips it); one buffer per frame.
             chain.write_into(struct.pack("<H", 1), NUM_BUFFERS_OFFSET)
+        if not self.has_feature(VIRTIO_NET_F_GUEST_CSUM):
+            # 5.1.6.4.1: without GUEST_CSUM the device MUST set flags to zero; tun marks
+            # forwarded frames DATA_VALID whatever offloads it was told.
+            chain.write_into(b"\0", FLAGS_OFFSET)
         return length
 
     def _transmit(self, chain: Chain) -> int:

@@ -10,7 +10,7 @@ from launcher.devices.base import feature_bits
 from launcher.devices.block import (
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, BlkOuthdr, BlkStatus, BlkType,
     BlockDevice, DataNotSectorMultiple, DataWrongDirection, HeaderTooShort, SectorOutOfRange,
-    StatusBufferMissing,
+    IdBufferTooShort, StatusBufferMissing,
 )
 from launcher.io.block_file import FileBlockBackend
 
@@ -135,6 +135,30 @@ def test_get_id():
     with bench_for(MemoryDisk(ident=b"serial-42")) as bench:
         result = request_data(bench, [hdr(T_GET_ID)], [20, 1])
     assert result == (21, S_OK, b"serial-42".ljust(20, b"\0"))
+
+
+@pytest.mark.parametrize("room", [1, 19])
+def test_get_id_into_a_buffer_shorter_than_20_bytes_is_refused(room):
+    with bench_for(MemoryDisk(ident=b"serial-42"), strict=False) as bench:
+        length, status, data = request_data(bench, [hdr(T_GET_ID)], [room, 1])
+        assert (length, status) == (1, S_IOERR) and data == bytes(room)     # no ID cut short
+        assert bench.device.metrics.guest_faults == 1
+
+
+def test_get_id_short_buffer_names_the_rule():
+    with bench_for(MemoryDisk()) as bench, pytest.raises(IdBufferTooShort, match=r"fewer than the 20-byte ID .*5\.2\.6\.1"):
+        request(bench, [hdr(T_GET_ID)], [19, 1])
+
+
+def test_writes_are_committed_before_completion_without_negotiated_flush(image, fdatasync_calls):
+    backend = FileBlockBackend(image)
+    bench = DeviceBench(BlockDevice(backend, strict=True))
+    bench.negotiate(accepted=bench.device.offered & ~feature_bits(VIRTIO_BLK_F_FLUSH))
+    with bench:
+        assert request(bench, [hdr(T_OUT, 1), b"w" * 512], [1]) == (1, S_OK)
+        assert fdatasync_calls == [backend.fd]              # write-through (5.2.6.2)
+        assert request_data(bench, [hdr(T_IN, 1)], [512, 1])[1] == S_OK
+        assert fdatasync_calls == [backend.fd]              # reads are not synced
 
 
 def test_get_id_of_file_is_its_name(image):

@@ -13,7 +13,7 @@ from harness.fakes.backends import net_pair
 from harness.fakes.backends_bench import DeviceBench
 from launcher.devices.base import WrongDirectionBuffers, feature_bits
 from launcher.devices.net import (
-    ORIGINAL_FEATURES, RECEIVEQ, TRANSMITQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC,
+    LEGACY_HDR_SIZE, ORIGINAL_FEATURES, RECEIVEQ, TRANSMITQ, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MRG_RXBUF, NetDevice, NetHdr, NetHeaderTooShort, parse_mac,
 )
 from launcher.io.fdutil import readable_now
@@ -63,6 +63,19 @@ def test_frames_round_trip_in_memory():
         host.inject(inbound)
         assert bench.process(RECEIVEQ) is True
         assert rx.reap() == [(0, len(inbound), inbound)]
+
+
+def test_received_flags_are_zero_when_guest_csum_was_not_negotiated():
+    bench, host = net_bench(accepted=feature_bits(VIRTIO_NET_F_CSUM))      # no GUEST_* offloads
+    with bench:
+        rx = bench.driver(RECEIVEQ)
+        rx.add([], [1526])
+        rx.kick()
+        payload = frame(b"forwarded by a bridge")
+        host.inject(NetHdr(flags=2).pack() + payload)       # tun's DATA_VALID
+        assert bench.process(RECEIVEQ) is True
+        [(_, length, data)] = rx.reap()
+    assert NetHdr.unpack(data).flags == 0 and data[LEGACY_HDR_SIZE:length] == payload   # 5.1.6.4.1
 
 
 def test_header_grows_with_mrg_rxbuf_and_num_buffers_is_one():
