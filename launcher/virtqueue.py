@@ -228,6 +228,13 @@ class IndirectTableLengthInvalid(ChainError):
                                f"{DESC_SIZE:#x} (2.7.5.3.1)")
 
 
+class IndirectTableTooLarge(ChainError):
+    def __init__(self, head: int, entries: int, queue_size: int):
+        self.entries = entries
+        super().__init__(head, f"indirect table of {entries:#x} descriptors is longer than the Queue Size "
+                               f"{queue_size:#x} (2.7.5.3.1, 2.7.5.2: no chain longer than the Queue Size)")
+
+
 class IndirectWithNext(ChainError):
     def __init__(self, head: int, index: int):
         self.index = index
@@ -469,6 +476,8 @@ class SplitVirtqueue:
                         raise IndirectWithNext(head, i)
                     if length == 0 or length & (DESC_SIZE - 1):
                         raise IndirectTableLengthInvalid(head, length)
+                    if length >> 4 > self.size:     # bounds the walk below, whatever the guest claims
+                        raise IndirectTableTooLarge(head, length >> 4, self.size)
                     try:
                         table = view(addr, length)
                     except OutsideGuestMemory as err:

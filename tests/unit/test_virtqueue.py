@@ -8,7 +8,7 @@ from launcher.memory import PAGE_SIZE, GuestMemory
 from launcher.virtqueue import (
     VIRTQ_DESC_F_INDIRECT as INDIRECT, VIRTQ_DESC_F_NEXT as NEXT, VIRTQ_DESC_F_WRITE as WRITE,
     DESC, VIRTQ_USED_F_NO_NOTIFY, AvailIndexJump, BufferOutsideGuestMemory, ChainError, DescriptorLoop,
-    HeadIndexOutOfRange, IndirectTableLengthInvalid, IndirectWithNext, NestedIndirect,
+    HeadIndexOutOfRange, IndirectTableLengthInvalid, IndirectTableTooLarge, IndirectWithNext, NestedIndirect,
     ChainTooLong, NextIndexOutOfRange, QueueSizeInvalid, ReadableAfterWritable, RingAlignmentInvalid,
     RingMisaligned, RingOutsideGuestMemory, SplitVirtqueue, legacy_layout, legacy_size,
     vring_need_event,
@@ -290,6 +290,27 @@ def test_indirect_table_length_must_be_nonzero_multiple_of_16(drv, vq, length):
         vq.pop()
 
 
+def test_indirect_table_longer_than_the_queue_is_refused_before_it_is_walked(drv, vq, mem):
+    # Entry 0 points at itself: without the bound the walk would map QSIZE + 1 buffers first.
+    entries = QSIZE + 1
+    for n in range(entries):
+        mem.pack(DESC, 0x8000 + 16 * n, 0x9000, 1, NEXT, 0)
+    drv.write_desc(0, 0x8000, entries * 16, INDIRECT)
+    offer(drv, 0)
+    with pytest.raises(IndirectTableTooLarge, match=rf"{entries:#x} descriptors is longer than the Queue Size "
+                                                    rf"{QSIZE:#x}"):
+        vq.pop()
+
+
+def test_indirect_table_as_long_as_the_queue_is_a_chain(drv, vq, mem):
+    for n in range(QSIZE):
+        last = n == QSIZE - 1
+        mem.pack(DESC, 0x8000 + 16 * n, 0x9000 + n, 1, WRITE | (0 if last else NEXT), 0 if last else n + 1)
+    drv.write_desc(0, 0x8000, QSIZE * 16, INDIRECT)
+    offer(drv, 0)
+    assert len(vq.pop().writable) == QSIZE
+
+
 def test_indirect_descriptor_may_not_set_next(drv, vq):
     drv.write_desc(0, 0x8000, 16, INDIRECT | NEXT, 1)
     drv.write_desc(1, 0x9000, 1, 0)
@@ -330,9 +351,9 @@ def test_chain_may_not_exceed_2_32_bytes_in_total():
     # longer chain could make a device report a length it cannot encode.
     size = 1 << 20
     with GuestMemory(size) as m:
-        drv = FakeDriver.modern(m, QSIZE)
+        drv = FakeDriver.modern(m, 8192)        # a table of 4097 descriptors needs a queue that long
         vq = drv.device_queue()
-        table, entries = 0x10000, (1 << 32) // size + 1
+        table, entries = 0x80000, (1 << 32) // size + 1
         for k in range(entries):
             m.pack(DESC, table + 16 * k, 0, size, NEXT if k + 1 < entries else 0, k + 1)
         drv.write_desc(0, table, 16 * entries, INDIRECT)
