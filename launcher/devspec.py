@@ -254,6 +254,9 @@ class _LateTrigger:
     def trigger(self, queue_index: int) -> None:
         self.device.trigger.trigger(queue_index)
 
+    def config_changed(self) -> None:
+        self.device.trigger.config_changed()
+
 
 def build_devices(specs: list[DeviceSpec], backends: HostBackends | None = None, *,
                   strict: bool = False, runners: bool = True) -> list:

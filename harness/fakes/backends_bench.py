@@ -30,10 +30,16 @@ class RecordingTrigger:
     def __init__(self):
         self._cond = threading.Condition()
         self.counts: dict[int, int] = {}
+        self.config_changes = 0
 
     def trigger(self, queue_index: int) -> None:
         with self._cond:
             self.counts[queue_index] = self.counts.get(queue_index, 0) + 1
+            self._cond.notify_all()
+
+    def config_changed(self) -> None:
+        with self._cond:
+            self.config_changes += 1
             self._cond.notify_all()
 
     def total(self, queue_index: int) -> int:

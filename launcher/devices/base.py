@@ -146,9 +146,13 @@ class QueueSetupError(DeviceError):
 # -- protocols --------------------------------------------------------------------------------
 
 class Trigger(Protocol):
-    """Raises the used-buffer interrupt of one queue; the transport/hypervisor supplies it."""
+    """The device's notifications to the driver; the transport/hypervisor supplies it."""
 
-    def trigger(self, queue_index: int) -> None: ...
+    def trigger(self, queue_index: int) -> None:
+        """A used-buffer notification for one queue."""
+
+    def config_changed(self) -> None:
+        """A configuration change notification (also how DEVICE_NEEDS_RESET is announced, 2.1.2)."""
 
 
 class Runner(Protocol):
@@ -161,6 +165,9 @@ class Runner(Protocol):
 
 class NullTrigger:
     def trigger(self, queue_index: int) -> None:
+        pass
+
+    def config_changed(self) -> None:
         pass
 
 
@@ -372,7 +379,7 @@ class VirtioDevice:
                         slot.vq = self._make_queue(slot)
             except VirtqueueError as err:
                 self._drop_queues()
-                self.status |= DeviceStatus.DEVICE_NEEDS_RESET
+                self._needs_reset()
                 self.guest_fault(QueueRingBroken(self.name, "queue setup", err))
                 return
             self.active = True
@@ -468,8 +475,14 @@ class VirtioDevice:
 
     def _break(self, slot: QueueSlot, err: VirtqueueError) -> None:
         slot.broken = True
-        self.status |= DeviceStatus.DEVICE_NEEDS_RESET
+        self._needs_reset()
         self.guest_fault(QueueRingBroken(self.name, slot.name, err))
+
+    def _needs_reset(self) -> None:
+        """2.1.2: a device that sets DEVICE_NEEDS_RESET MUST send a configuration change
+        notification (the driver then reads the status and resets the device)."""
+        self.status |= DeviceStatus.DEVICE_NEEDS_RESET
+        self.trigger.config_changed()
 
     def _needs_interrupt(self, slot: QueueSlot) -> bool:
         if slot.vq is None:

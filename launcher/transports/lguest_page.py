@@ -120,13 +120,22 @@ class LguestEntry:
 
 
 class _QueueIrqs:
-    """The Trigger a device on this bus gets: queue index -> its lguest interrupt."""
+    """The Trigger a device on this bus gets: queue index -> its lguest interrupt.
 
-    def __init__(self, raise_irq: Callable[[int], None], irqs: list[int]):
-        self.raise_irq, self.irqs = raise_irq, irqs
+    The 2.6.39 lguest bus has no configuration-change interrupt: a change the device makes
+    itself (DEVICE_NEEDS_RESET) is published in the page's status byte, where the guest
+    reads its status, and the device's first queue interrupt makes the guest look."""
+
+    def __init__(self, raise_irq: Callable[[int], None], irqs: list[int], publish_status: Callable[[], None]):
+        self.raise_irq, self.irqs, self.publish_status = raise_irq, irqs, publish_status
 
     def trigger(self, queue_index: int) -> None:
         self.raise_irq(self.irqs[queue_index])
+
+    def config_changed(self) -> None:
+        self.publish_status()
+        if self.irqs:
+            self.raise_irq(self.irqs[0])
 
 
 class LguestDevicePage:
@@ -160,7 +169,8 @@ class LguestDevicePage:
         self._used += need
         device.legacy = True          # lguest guests never write FEATURES_OK (7.1)
         device.memory = self.memory
-        device.trigger = _QueueIrqs(self.raise_irq, [q.irq for q in queues])
+        device.trigger = _QueueIrqs(self.raise_irq, [q.irq for q in queues],
+                                    lambda: self.memory.write_u8(entry.desc_addr + STATUS_OFFSET, device.status & 0xFF))
         self.entries.append(entry)
         return entry
 

@@ -175,6 +175,27 @@ def test_config_change_sets_bit_1_and_a_new_generation(memory):
     assert irq.count == 1
 
 
+@pytest.mark.parametrize("publish", ["decrement", "jump", "bad head"])
+def test_needs_reset_is_announced_with_a_config_change_notification(memory, publish):
+    t, drv, irq = make(memory, BlockDevice(MemoryDisk(64 * 512), strict=False), strict=False)
+    (ring,) = drv.init(1)
+    for sector in range(3):
+        blk_read(ring, sector)
+    ring.kick()
+    ring.reap()
+    drv.interrupt()
+    before = irq.count
+    if publish == "bad head":
+        ring.write_avail_entry(3, ring.size)    # one past the descriptor table
+        ring.write_avail_idx(4)
+    else:
+        ring.write_avail_idx(1 if publish == "decrement" else 3 + ring.size + 1)
+    drv.write(MmioReg.QUEUE_NOTIFY, 0)
+    assert drv.read(MmioReg.STATUS) & DeviceStatus.DEVICE_NEEDS_RESET
+    assert drv.read(MmioReg.INTERRUPT_STATUS) & InterruptStatus.CONFIG_CHANGE      # 2.1.2
+    assert irq.count > before and drv.read(MmioReg.CONFIG_GENERATION) == 1
+
+
 def test_ack_leaving_bits_pending_raises_again(memory):
     t, drv, irq = make(memory)
     t.trigger(0)
