@@ -13,8 +13,13 @@ which refuses anything outside guest memory.
 
 Ordering: we read avail->idx before the ring entries and descriptors it publishes, and
 write used ring elements before used->idx.  CPython issues these loads and stores in
-program order and each is a separate C call, which is the ordering the spec's
-barriers ask for on x86 (TSO); a weakly ordered host would need real fences here.
+program order and each is a separate C call: load->load and store->store order is what
+x86 (TSO) keeps by itself.  It does not keep store->load order: a load may complete while
+an earlier store still waits in the store buffer, unseen by the vCPU.  The two places where
+the protocol needs exactly that order get a real fence (self.fence, launcher.barrier):
+enable_notifications() between the avail_event/flags store and the re-read of avail->idx
+(2.7.10), and needs_interrupt() between the used->idx store and the read of used_event/flags
+(2.7.7.2).  A weakly ordered host would need more fences than these two.
 
 Index arithmetic is modulo 2^16 throughout (2.7.6, 2.7.8: idx "wraps naturally").
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import struct
 from enum import IntFlag
 
+from launcher.barrier import full_fence
 from launcher.errors import OutsideGuestMemory, VirtqueueError
 from launcher.memory import GuestMemory
 
@@ -346,16 +352,14 @@ class SplitVirtqueue:
 
     Typical device loop:
 
-        while (chain := vq.pop()) is not None:
-            written = serve(chain)
-            vq.push(chain.head, written)
-        if vq.needs_interrupt():
+        while True:
+            while (chain := vq.pop()) is not None:
+                written = serve(chain)
+                vq.push(chain.head, written)
+            if not vq.enable_notifications():   # ask for a kick, fence, look again (2.7.10)
+                break                           # really empty: sleep until the next kick
+        if vq.needs_interrupt():                # fence, then used_event / flags (2.7.7.2)
             trigger()
-
-    To sleep without missing a buffer, re-enable notifications and look again (2.7.10):
-
-        vq.suppress_notifications(False)
-        if vq.has_available(): ...   # the driver slipped one in: process it now
 
     Not thread-safe: one thread (or one lock) per queue.
     """
@@ -386,6 +390,9 @@ class SplitVirtqueue:
         self._pending_used = 0      # pushes since that decision
         self._notify_enabled = True
         self._used_flags = 0
+        # The store->load barrier of the notification protocol (launcher.barrier); tests
+        # substitute a model of a store buffer.
+        self.fence = full_fence
         # The device owns the used ring's flags and avail_event: start them in a known state
         # (used->idx is left alone; set_indices publishes it when resuming mid-stream).
         _U16.pack_into(self._used, _USED_FLAGS, 0)
@@ -550,6 +557,11 @@ class SplitVirtqueue:
         self._pending_used = 0
         old, new = self._signalled_used, self._used_idx
         self._signalled_used = new
+        # used->idx must be visible before we read what the driver asked for: the driver
+        # writes used_event (or clears NO_INTERRUPT), fences, then re-reads used->idx.  With
+        # our store still in flight both sides could read the other's old value, and the
+        # driver would sleep on a used buffer with no interrupt coming (2.7.7.2).
+        self.fence()
         if self.notify_on_empty and not self.has_available():
             return True
         if self.event_idx:
@@ -564,7 +576,8 @@ class SplitVirtqueue:
         Without EVENT_IDX this is VIRTQ_USED_F_NO_NOTIFY.  With it, avail_event is set to
         last_avail_idx when enabled (kick once the next entry is published) and to the
         entry before it when suppressed, an index the driver has already passed.
-        After enabling, check has_available(): the driver may have published meanwhile.
+        Before sleeping, re-enable with enable_notifications(), which also fences and looks
+        at the ring again: the driver may have published meanwhile.
         """
         self._notify_enabled = not on
         if self.event_idx:
@@ -573,6 +586,20 @@ class SplitVirtqueue:
         else:
             self._used_flags = (self._used_flags | _F_NO_NOTIFY) if on else (self._used_flags & ~_F_NO_NOTIFY)
             _U16.pack_into(self._used, _USED_FLAGS, self._used_flags)
+
+    def enable_notifications(self) -> bool:
+        """Before sleeping: ask for a kick again, fence, and look at avail->idx once more.
+
+        True means the driver published a buffer meanwhile: process it now, for its kick
+        may have been decided against our old avail_event/flags.  False means the ring is
+        empty and the driver will kick for the next buffer (2.7.10; vhost_enable_notify).
+        The fence orders our avail_event/flags store before the avail->idx load, the mirror
+        image of the driver's (store avail->idx, mb, load avail_event/flags).
+        Raises AvailIndexJump, as pop() would, when avail->idx is broken.
+        """
+        self.suppress_notifications(False)
+        self.fence()
+        return self.has_available()
 
     @property
     def notifications_suppressed(self) -> bool:

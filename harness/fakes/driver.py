@@ -327,6 +327,32 @@ class FakeDriver:
         value = int(VIRTQ_AVAIL_F_NO_INTERRUPT)
         self.memory.write_u16(self.avail_addr, (flags | value) if on else (flags & ~value))
 
+    def disable_interrupts(self) -> None:
+        """virtqueue_disable_cb: no used-buffer notifications while we reap.
+
+        With EVENT_IDX, used_event goes to the index before last_used_idx, one the device
+        has already passed (Linux writes 0, which is the same thing once the index moved).
+        """
+        if self.event_idx:
+            self.set_used_event(self.last_used_idx - 1)
+        else:
+            self.set_no_interrupt(True)
+
+    def enable_interrupts(self) -> bool:
+        """virtqueue_enable_cb: ask for the next used-buffer notification, then look again.
+
+        Returns False when used buffers are already waiting (reap them instead of sleeping:
+        their interrupt may have been decided against the old used_event/flags), True when
+        the ring is empty and the next used buffer will interrupt (2.7.7.2).  The store
+        and the load are in this order, with the mb Linux has between them, by construction
+        (one thread, Python statements in sequence).
+        """
+        if self.event_idx:
+            self.set_used_event(self.last_used_idx)
+        else:
+            self.set_no_interrupt(False)
+        return self.used_idx == self.last_used_idx
+
     def set_used_event(self, idx: int) -> None:
         """Ask for an interrupt once the device's used->idx moves past idx (EVENT_IDX)."""
         self.memory.write_u16(self._used_event_addr, idx & 0xFFFF)

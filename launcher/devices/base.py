@@ -433,7 +433,12 @@ class VirtioDevice:
             else:
                 chain = self._pop(slot)
                 if chain is None:
-                    break
+                    # The ring looks empty.  Before the caller sleeps until a kick: ask for
+                    # one, fence, and look again; the driver may have published after our
+                    # last look and decided against kicking (2.7.10).
+                    if slot.broken or not self._rearm(slot):
+                        break
+                    continue
                 if chain is _SKIPPED:
                     continue
             if self._serve(slot, serve, chain) is _HELD:
@@ -454,6 +459,14 @@ class VirtioDevice:
         except VirtqueueError as err:
             self._break(slot, err)
             return None
+
+    def _rearm(self, slot: QueueSlot) -> bool:
+        """Re-enable kicks and re-check the avail ring; True when a chain slipped in."""
+        try:
+            return slot.vq.enable_notifications()
+        except VirtqueueError as err:
+            self._break(slot, err)
+            return False
 
     def _serve(self, slot: QueueSlot, serve, chain: Chain):
         try:

@@ -545,6 +545,42 @@ def test_event_idx_suppression_stops_kicks(edrv):
     assert edrv.kick()
 
 
+@pytest.mark.parametrize("event_idx", [False, True])
+def test_enable_notifications_rearms_fences_then_looks_again(mem, event_idx):
+    drv = FakeDriver.modern(mem, QSIZE, event_idx=event_idx)
+    vq = drv.device_queue()
+    order = []
+    vq.fence = lambda: order.append(("fence", drv.avail_event if event_idx else drv.used_flags))
+    vq.suppress_notifications(True)
+    drv.add([b"x"], [])
+    assert not drv.kick()                 # suppressed: the driver publishes without kicking
+    assert vq.enable_notifications()      # ... and the re-check finds it
+    rearmed = vq.last_avail_idx if event_idx else 0
+    assert order == [("fence", rearmed)]  # the store was made before the fence, the load after
+    pop_one(vq)
+    assert not vq.enable_notifications()  # empty: sleep, the next buffer will be kicked
+    drv.add([b"y"], [])
+    assert drv.kick()
+    vq.close()
+
+
+def test_enable_notifications_refuses_a_broken_avail_index(drv, vq):
+    drv.write_avail_idx(QSIZE + 1)
+    with pytest.raises(AvailIndexJump):
+        vq.enable_notifications()
+
+
+def test_needs_interrupt_fences_before_reading_what_the_driver_asked(edrv):
+    vq = edrv.device_queue()
+    seen = []
+    vq.fence = lambda: seen.append(edrv.used_idx)
+    assert not vq.needs_interrupt() and seen == []     # nothing pushed: no decision, no fence
+    round_trip(edrv, vq)
+    assert vq.needs_interrupt()
+    assert seen == [1]                    # fenced after used->idx was stored, before used_event
+    vq.close()
+
+
 def test_event_idx_kick_only_when_crossing_avail_event(edrv):
     vq = edrv.device_queue()
     edrv.add([b"a"], [])
