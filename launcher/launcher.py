@@ -204,6 +204,7 @@ class Launcher:
         self.report.say(f"guest memory: {self.config.mem_mb} MiB mapped copy-on-write from {image.memory_path}")
         self._open_backend(system_map)
         self._place_devices()
+        image.close()       # the disk copies are open now: unlinked, they go when the launcher does
         restore_bus = getattr(self.bus, "restore_state", None)
         if restore_bus is None:
             raise snapshots.SnapshotError(f"the {self.config.backend} backend's device bus cannot restore devices")

@@ -18,7 +18,8 @@ A snapshot is a directory (written by Launcher.save, read by Launcher.restore):
 A restore checks everything it can before any guest state exists (open_snapshot) and never
 writes into the directory: memory is a private mapping, read-only disks are opened read-only,
 and each writable disk is a fresh sparse copy in a private directory, removed when the
-launcher closes (or the file --block=FILE names, used in place).
+launcher has opened them (so they vanish with it, however it ends), or the file --block=FILE
+names, used in place.
 """
 from __future__ import annotations
 
