@@ -90,7 +90,8 @@ def cached(spec: GuestSpec, log_dir: Path, cache: Path = CACHE) -> Path:
 def restore_argv(directory: Path, *, disks=(), timeout: float = 900.0, netns: str | None = None,
                  extra=()) -> list[str]:
     import sys
-    argv = [sys.executable, "-m", "harness.cli", "restore", "--verbose", "--timeout", f"{timeout:g}",
+    # `lguest-harness restore` itself, without the harness's other commands to import first.
+    argv = [sys.executable, "-m", "launcher.cli_restore", "--verbose", "--timeout", f"{timeout:g}",
             *[f"--block={d}" for d in disks], *extra, str(directory)]
     return ["ip", "netns", "exec", netns, *argv] if netns else argv
 

@@ -32,4 +32,4 @@ def test_cache_key_follows_file_contents_and_options(tmp_path):
 
 def test_restore_argv_passes_disks_in_order():
     argv = restore_argv(Path("/snap"), disks=("a.img", "b.img"), timeout=30)
-    assert argv[-3:] == ["--block=a.img", "--block=b.img", "/snap"] and "restore" in argv
+    assert argv[-3:] == ["--block=a.img", "--block=b.img", "/snap"] and "launcher.cli_restore" in argv
