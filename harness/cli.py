@@ -13,6 +13,8 @@ import sys
 COMMANDS = {
     "bench": "harness.bench",
     "boot": "launcher.cli",
+    "snapshot": "launcher.cli_snapshot",
+    "restore": "launcher.cli_restore",
     "kernel": "harness.kernel",
     "demo": "harness.demo",
 }

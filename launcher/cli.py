@@ -83,18 +83,18 @@ def boot(args, **launcher_options) -> int:
     report = Report(say=_stderr if args.verbose else Report.quiet, tell=_stderr)
     with Launcher(config, report=report, **launcher_options) as vm:
         stopped = vm.run()
-    return _report(stopped, vm, args)
+    return report_outcome(stopped, vm, args)
 
 
-def _report(stopped: Stopped, vm: Launcher, args) -> int:
+def report_outcome(stopped: Stopped, vm: Launcher, args, prog: str = PROG) -> int:
     """The original always said why the guest ended (errx "%s", reason); so do we."""
     outcome, detail, stats = stopped.outcome, stopped.detail, vm.stats
     if args.verbose:
-        _stderr(f"{stats.seconds_in_run:.2f} s inside the hypervisor; exits: "
-                + ", ".join(f"{k}={v}" for k, v in sorted(stats.exits.items())))
+        print(f"{prog}: {stats.seconds_in_run:.2f} s inside the hypervisor; exits: "
+              + ", ".join(f"{k}={v}" for k, v in sorted(stats.exits.items())), file=sys.stderr, flush=True)
     if outcome is Outcome.TIMEOUT:
         detail = f"no end within {args.timeout:g} s"
-    print(f"\r\n{PROG}: {outcome.text}: {detail}", file=sys.stderr, flush=True)
+    print(f"\r\n{prog}: {outcome.text}: {detail}", file=sys.stderr, flush=True)
     if args.stats_json:
         _write_stats(Path(args.stats_json), stopped, vm)
     return outcome.exit_status

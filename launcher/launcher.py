@@ -35,6 +35,7 @@ from launcher.loader import BootParams, Cmdline, LoadResult, load_initrd, load_k
 from launcher.memory import GuestMemory
 from launcher.privileges import drop_privileges
 from launcher.reexec import Reexec
+from launcher import snapshot as snapshots
 from launcher.symbols import SystemMap
 from launcher.transports.bus import Report
 
@@ -52,8 +53,10 @@ class Launcher:
     """One guest, from configuration to a closed, stopped guest."""
 
     def __init__(self, config: LaunchConfig, *, console_out: Callable[[bytes], None] | None = None,
-                 report: Report = Report(), host: HostSide = HostSide()):
+                 report: Report = Report(), host: HostSide = HostSide(),
+                 restore_from: snapshots.Snapshot | None = None):
         self.config, self.report, self.host = config, report, host
+        self.restore_from = restore_from    # open() continues this snapshot instead of booting
         self.backend_class = backend_class(config.backend)
         self.bus_class = self.backend_class.bus
         self.on_terminal = console_out is None
@@ -66,6 +69,7 @@ class Launcher:
         self.bus = None
         self.console_device = None
         self.load_result: LoadResult | None = None
+        self.cmdline: Cmdline | None = None
         self.hvc_path: str | None = None    # virtio-mmio: the pty hvc0 is on
         self._reboot_pending = False
 
@@ -85,6 +89,9 @@ class Launcher:
 
     def open(self) -> None:
         """Everything up to the guest's first instruction (call close() even if this fails)."""
+        if self.restore_from is not None:
+            self._open_restored(self.restore_from)
+            return
         kernel = read_kernel(self.config.kernel)
         system_map = self._system_map()
         self._open_memory()
@@ -141,6 +148,7 @@ class Launcher:
             cmd_line_ptr=layout.cmdline, e820=layout.e820, hardware_subarch=layout.hardware_subarch,
             loadflags=layout.loadflags, version=layout.version, ramdisk_image=ramdisk[0], ramdisk_size=ramdisk[1],
             setup_header=result.setup_header if layout.copy_setup_header else None).render()
+        self.cmdline = cmdline
         self.memory.write(layout.cmdline, cmdline.as_bytes())
         self.memory.write(layout.boot_params, zero_page)
         for entry in layout.e820:
@@ -176,6 +184,40 @@ class Launcher:
         self.bus.before_initialize()
         self.backend.initialize(boot)
         drop_privileges(self.config, self.report.say)   # as the original: only once the hypervisor is set up
+
+    # -- 3'. or continue a snapshot: the same memory, backend and bus, state instead of a load ---------
+    @classmethod
+    def restore(cls, directory, *, disks: tuple = (), timeout: float | None = None, **options) -> "Launcher":
+        """A Launcher that continues the snapshot in `directory` (checked now: SnapshotError),
+        disks overridden in order by launcher.snapshot.DiskOverride; open() restores it."""
+        image = snapshots.open_snapshot(directory)
+        try:
+            config = image.config(timeout=timeout, disks=tuple(disks))
+        except BaseException:
+            image.close()
+            raise
+        return cls(config, restore_from=image, **options)
+
+    def _open_restored(self, image: snapshots.Snapshot) -> None:
+        system_map = self._system_map()
+        self.memory = GuestMemory.from_file(image.memory_path, image.memory_size)
+        self.report.say(f"guest memory: {self.config.mem_mb} MiB mapped copy-on-write from {image.memory_path}")
+        self._open_backend(system_map)
+        self._place_devices()
+        image.close()       # the disk copies are open now: unlinked, they go when the launcher does
+        restore_bus = getattr(self.bus, "restore_state", None)
+        if restore_bus is None:
+            raise snapshots.SnapshotError(f"the {self.config.backend} backend's device bus cannot restore devices")
+        restore_bus(image.state["devices"])
+        self.backend.restore_state(image.state["backend"])
+        self.bus.resume()
+        self.report.say(f"restored the guest from {image.directory}")
+        drop_privileges(self.config, self.report.say)
+
+    def save(self, directory) -> dict:
+        """After run() returned Stopped(PAUSED): write the guest to a snapshot directory (see
+        launcher.snapshot); returns its manifest.  The guest cannot run on afterwards."""
+        return snapshots.write_snapshot(directory, self)
 
     # -- 4. run ----------------------------------------------------------------------------------------------
     def run(self, deadline: float | None = None) -> Stopped:
@@ -241,7 +283,8 @@ class Launcher:
         Then a pending REEXEC reboot."""
         devices, self.devices = self.devices, []
         steps = [lambda: close_devices(devices), self.bus and self.bus.close,
-                 self.backend and self.backend.close, self.memory and self.memory.close]
+                 self.backend and self.backend.close, self.memory and self.memory.close,
+                 self.restore_from and self.restore_from.close]
         self.bus = None
         first: BaseException | None = None
         for step in steps:

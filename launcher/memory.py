@@ -23,6 +23,10 @@ U64 = struct.Struct("<Q")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.mmap.restype = ctypes.c_void_p
+MAP_FIXED = 0x10
+MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def _protect_none(address: int, length: int) -> None:
@@ -46,6 +50,52 @@ class GuestMemory:
         _protect_none(base + PAGE_SIZE + size, PAGE_SIZE)
         self.host_address = base + PAGE_SIZE
         self._mem = memoryview(self._map)[PAGE_SIZE:PAGE_SIZE + size]
+
+    @classmethod
+    def from_file(cls, path, size: int) -> "GuestMemory":
+        """Guest RAM mapped copy-on-write (MAP_PRIVATE) from the first `size` bytes of a file,
+        between the same guard pages: pages are read from the file when first touched, guest
+        writes stay in this process, and the file is never modified.  The file must be at
+        least `size` bytes long (a mapping past its end would fault on access)."""
+        import os
+        memory = cls(size)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            memory.close()
+            raise GuestMemoryError(f"cannot open guest memory file {path}: {exc.strerror}") from exc
+        try:
+            length = os.fstat(fd).st_size
+            if length < size:
+                raise GuestMemoryError(f"guest memory file {path} holds {length:#x} bytes, fewer than {size:#x}")
+            # Replace the anonymous middle of the reservation; the guard pages stay PROT_NONE,
+            # and close() unmaps the whole range as before.
+            mapped = _libc.mmap(memory.host_address, size, mmap.PROT_READ | mmap.PROT_WRITE,
+                                mmap.MAP_PRIVATE | MAP_FIXED, fd, 0)
+            if mapped in (None, MAP_FAILED) or mapped != memory.host_address:
+                raise GuestMemoryError(f"mmap of guest memory file {path} failed: errno {ctypes.get_errno()}")
+        except BaseException:
+            memory.close()
+            raise
+        finally:
+            os.close(fd)
+        return memory
+
+    def save_sparse(self, path, chunk: int = PAGE_SIZE) -> int:
+        """Write guest RAM to a new file, leaving holes where pages are all zero; returns the
+        bytes of data written (the file's apparent size is always `size`)."""
+        zero = bytes(chunk)
+        written = 0
+        with open(path, "xb") as out:
+            for offset in range(0, self.size, chunk):
+                part = self._mem[offset:offset + chunk]
+                if part == zero[:len(part)]:
+                    continue
+                out.seek(offset)
+                out.write(part)
+                written += len(part)
+            out.truncate(self.size)
+        return written
 
     # -- the one door ---------------------------------------------------------
     def check(self, addr: int, length: int) -> None:

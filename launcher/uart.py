@@ -175,3 +175,23 @@ class Uart8250:
     @property
     def input_waiting(self) -> int:
         return len(self._rx)
+
+    # -- snapshots ------------------------------------------------------------
+    STATE_FIELDS = ("ier", "lcr", "mcr", "scr", "dll", "dlm", "dropped_input")
+
+    def save_state(self) -> dict:
+        """Every register, the pending THRE interrupt and the receive FIFO, as plain data."""
+        state = {name: int(getattr(self, name)) for name in self.STATE_FIELDS}
+        state["thr_pending"] = self._thr_pending
+        state["rx"] = bytes(self._rx).hex()
+        return state
+
+    def load_state(self, state: dict) -> None:
+        """The inverse of save_state(); raises no interrupt (the irqchip state has it)."""
+        for name in self.STATE_FIELDS:
+            setattr(self, name, int(state[name]))
+        self._thr_pending = bool(state["thr_pending"])
+        rx = bytes.fromhex(state["rx"])
+        if len(rx) > RX_CAPACITY:
+            raise ValueError(f"saved 8250 receive FIFO holds {len(rx)} bytes, more than {RX_CAPACITY}")
+        self._rx = deque(rx)

@@ -21,6 +21,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
+from launcher.hypervisor.errors import SnapshotUnsupported
 from launcher.loader import E820Entry, HardwareSubarch, KernelKind, LoadFlags
 
 
@@ -35,6 +36,7 @@ class Outcome(enum.Enum):
     EMULATION_FAILURE = ("the host could not emulate a guest instruction", 5)
     GUEST_CRASH = ("the guest crashed (triple fault, failed entry or internal error)", 6)
     INTERRUPTED = ("the launcher was interrupted", 130)
+    PAUSED = ("the guest was paused", 0)             # request_stop(PAUSED): to take a snapshot
 
     def __init__(self, text: str, exit_status: int):
         self.text = text
@@ -144,6 +146,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def request_stop(self, outcome: Outcome, detail: str = "") -> None:
         """From any thread: make run() return Stopped(outcome) promptly."""
+
+    # -- snapshots (optional: a backend that cannot says so) -----------------------------------
+    def save_state(self) -> dict:
+        """After run() returned Stopped(PAUSED): the guest CPU and in-kernel device state as
+        plain data (JSON-able), with any exit the vCPU was handling completed first."""
+        raise SnapshotUnsupported(f"the {self.name} backend cannot snapshot a guest")
+
+    def restore_state(self, state: dict) -> None:
+        """Instead of initialize(): continue a guest from save_state()'s data; guest memory
+        already holds the snapshot's RAM."""
+        raise SnapshotUnsupported(f"the {self.name} backend cannot restore a guest from a snapshot")
 
     def close(self) -> None:
         """Release fds and mappings; idempotent."""

@@ -22,5 +22,9 @@ class BusConflict(HypervisorError):
     """Two devices claim overlapping port or MMIO ranges."""
 
 
+class SnapshotUnsupported(HypervisorError):
+    """This backend (or its device bus) cannot save or restore a running guest."""
+
+
 class NotInitialized(HypervisorError):
     """run() or a device operation came before initialize()."""

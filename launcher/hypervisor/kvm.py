@@ -14,7 +14,7 @@ from native.kvm import ffi, lib
 
 from launcher.consolewatch import ConsoleEvent, ConsoleWatcher
 from launcher.hostquirks import HostKind, detect_host, kernel_options
-from launcher.hypervisor import kvm_exits, kvm_longmode as lm
+from launcher.hypervisor import kvm_exits, kvm_longmode as lm, kvm_snapshot
 from launcher.hypervisor.base import (
     Backend, BootLayout, BootSpec, CmdlineAddition, ConsoleOut, Notify, Outcome, RunEvent, RunStats, Stopped,
 )
@@ -188,6 +188,41 @@ class KvmBackend(Backend):
             done.set()
             watchdog.join()
             self.vcpu.immediate_exit = 0
+
+    # -- snapshots (launcher.hypervisor.kvm_snapshot) --------------------------------
+    def save_state(self) -> dict:
+        """The vCPU (after completing the exit it stopped on), the in-kernel PIC, IOAPIC,
+        PIT and clock, and the 8250.  The vCPU must be out of run()."""
+        if not self._initialized:
+            raise NotInitialized("KvmBackend.save_state() before the guest ran")
+        kvm_snapshot.complete_pending_io(self.vcpu)
+        with self._device_lock:
+            uart = self.uart.save_state()
+        return {"host": self.host.value, "tsc_khz": self.tsc_khz(), "irqchip": self.irqchip,
+                "struct_sizes": kvm_snapshot.struct_sizes(), "vm": kvm_snapshot.save_vm(self.vm_fd),
+                "vcpu": kvm_snapshot.save_vcpu(self._system, self.vcpu), "uart": uart}
+
+    def restore_state(self, state: dict) -> None:
+        """Instead of initialize(): this VM (memory, bus and devices in place) takes the state."""
+        self.check_state(state)
+        kvm_snapshot.restore_vm(self.vm_fd, state["vm"])
+        kvm_snapshot.restore_vcpu(self._system, self.vcpu, state["vcpu"])
+        with self._device_lock:
+            self.uart.load_state(state["uart"])
+        self._initialized = True
+
+    def check_state(self, state: dict) -> None:
+        """Refuse state this host cannot continue: other struct sizes, no irqchip, another TSC rate
+        (KVM_CAP_TSC_CONTROL may be missing, as on kvm_pvm, so the guest would see time run at
+        the wrong speed)."""
+        mismatch = kvm_snapshot.StateMismatch
+        if state.get("struct_sizes") != kvm_snapshot.struct_sizes():
+            raise mismatch("the snapshot was taken where KVM's state structs have other sizes")
+        if not state.get("irqchip") or not self.irqchip:
+            raise mismatch("snapshots need the in-kernel irqchip")
+        ours = self.tsc_khz()
+        if state.get("tsc_khz") != ours:
+            raise mismatch(f"the snapshot's TSC ran at {state.get('tsc_khz')} kHz, this host's runs at {ours} kHz")
 
     # -- the exit loop -------------------------------------------------------------
     def _loop(self) -> RunEvent:

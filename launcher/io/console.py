@@ -63,8 +63,9 @@ class ConsoleInput:
                 self._saved = termios.tcgetattr(self.fd)
                 atexit.register(self.restore)
                 # Fully raw, output included: the guest's bytes must reach the terminal
-                # unchanged (it sends \r\n itself; ONLCR would make that \r\r\n).
-                tty.setraw(self.fd)
+                # unchanged (it sends \r\n itself; ONLCR would make that \r\r\n).  TCSANOW, not
+                # the default TCSAFLUSH: input typed ahead (a restored guest is ready at once) is kept.
+                tty.setraw(self.fd, termios.TCSANOW)
         except (OSError, termios.error):
             self._saved = None
         start_shielded(self._read_loop, "console-input")

@@ -1,0 +1,121 @@
+"""`lguest-harness bench restore`: a guest restored from a snapshot vs. the same guest booted cold.
+
+One run of this benchmark:
+  1. cold boot: `lguest-harness snapshot` boots the recipe guest (64 MiB, 8250 console) to its
+     ready marker and prompt and writes the snapshot; launch -> ready is the cold-boot figure;
+  2. restore -> first answered command: `lguest-harness restore` under pexpect, timed from the
+     spawn to the answer of `echo $((6*7))` (Guest.run), median of max(--runs, 5);
+  3. memory: one restored guest alone, then 4 restored from the same snapshot at once, each
+     after answering a command: the launcher processes' PSS (proportional set size: shared
+     pages split between their sharers) and their guest-RAM mapping's PSS, from
+     /proc/PID/smaps; RSS (VmRSS) beside them, which counts shared pages in full in each.
+Targets (issue 12): restore -> answer <= 0.5 s; 4 guests <= 1.5x the memory of one.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness.initramfs import build_initramfs
+from harness.kernel import ensure_kernel
+from harness.launch import GuestSpec
+from harness.snapshots import restore, take
+
+MEM_MB = 64
+MIN_RUNS = 5
+GUESTS = 4
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def memory_figures(pid: int, memory_file: Path) -> dict[str, float]:
+    """MB: the process's RSS and PSS, and the PSS and private pages of its guest-RAM mapping."""
+    figures = {"rss": 0.0, "pss": 0.0, "ram_pss": 0.0, "ram_private": 0.0}
+    in_ram = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            in_ram = line.rstrip().endswith(str(memory_file))
+            continue
+        key, _, rest = line.partition(":")
+        if key not in ("Rss", "Pss", "Private_Dirty", "Private_Clean"):
+            continue
+        mb = int(rest.split()[0]) / 1024
+        if key == "Rss":
+            figures["rss"] += mb
+        elif key == "Pss":
+            figures["pss"] += mb
+            figures["ram_pss"] += mb if in_ram else 0
+        elif in_ram:
+            figures["ram_private"] += mb
+    return figures
+
+
+def _restore_and_answer(directory: Path, log_dir: Path, name: str):
+    start = time.monotonic()
+    guest = restore(directory, log_dir, name)
+    result = guest.run("echo $((6*7))", timeout=300)
+    elapsed = time.monotonic() - start
+    if result.status != 0 or result.output.strip() != "42":
+        raise RuntimeError(f"restored guest answered {result.output!r} (status {result.status})")
+    return guest, elapsed
+
+
+def _stop(guest) -> None:
+    try:
+        guest.poweroff(timeout=120)
+    except AssertionError:
+        pass
+    guest.close()
+
+
+def main(args) -> int:
+    runs = max(args.runs, MIN_RUNS)
+    kernel = ensure_kernel(log=_say)
+    with tempfile.TemporaryDirectory(prefix="bench-restore-") as tmp:
+        tmp = Path(tmp)
+        spec = GuestSpec(kernel=Path(kernel.vmlinux), initrd=build_initramfs(tmp / "initramfs.cpio"), mem=MEM_MB,
+                         timeout=3600)
+        _say("bench restore: cold boot of the recipe guest, then the snapshot")
+        start = time.monotonic()
+        directory = take(spec, tmp / "snap", tmp / "logs")
+        written = (tmp / "logs" / "snapshot-snap.log").read_text(errors="replace")
+        cold = float(re.search(r"guest ready after ([\d.]+) s", written).group(1))
+        _say(f"bench restore: cold boot ready in {cold:.1f} s, snapshot written {time.monotonic() - start:.1f} s "
+             f"after launch")
+
+        times = []
+        for i in range(runs):
+            guest, elapsed = _restore_and_answer(directory, tmp / "logs", f"timed{i}")
+            times.append(elapsed)
+            _stop(guest)
+            _say(f"bench restore: run {i + 1}: restore -> answer {elapsed:.3f} s")
+
+        memory_file = directory / "memory.raw"
+        alone, _ = _restore_and_answer(directory, tmp / "logs", "alone")
+        one = memory_figures(alone.child.pid, memory_file)
+        _stop(alone)
+        crowd = [_restore_and_answer(directory, tmp / "logs", f"crowd{i}")[0] for i in range(GUESTS)]
+        many = [memory_figures(g.child.pid, memory_file) for g in crowd]
+        for guest in crowd:
+            _stop(guest)
+
+    med = statistics.median(times)
+    total = {key: sum(f[key] for f in many) for key in one}
+    print(f"restore -> first answered command: median {med:.3f} s of {runs} (min {min(times):.3f}, "
+          f"max {max(times):.3f}; target <= 0.5 s); cold boot -> ready {cold:.1f} s in the same run "
+          f"({cold / med:.0f}x)")
+    print(f"{'':<24}{'RSS MB':>9}{'PSS MB':>9}{'guest-RAM PSS MB':>18}{'guest-RAM private MB':>22}")
+    print(f"{'1 restored guest':<24}{one['rss']:>9.1f}{one['pss']:>9.1f}{one['ram_pss']:>18.1f}"
+          f"{one['ram_private']:>22.1f}")
+    print(f"{f'{GUESTS} at once (sum)':<24}{total['rss']:>9.1f}{total['pss']:>9.1f}{total['ram_pss']:>18.1f}"
+          f"{total['ram_private']:>22.1f}")
+    print(f"{GUESTS} guests / 1: PSS {total['pss'] / one['pss']:.2f}x (target <= 1.5x), guest RAM "
+          f"{total['ram_pss'] / one['ram_pss']:.2f}x; RSS {total['rss'] / one['rss']:.2f}x (counts shared pages "
+          f"once per process)")
+    return 0

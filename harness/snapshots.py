@@ -1,0 +1,110 @@
+"""Guests restored from snapshots: `lguest-harness snapshot` once, `lguest-harness restore` per guest.
+
+    directory = take(spec, tmp / "snap", log_dir)        # boots spec's guest to its ready prompt
+    guest = restore(directory, log_dir, name="fresh")     # a Guest whose shell answers at once
+
+A restored guest's shell is already at its prompt (the snapshot is taken there), so there is
+no ready marker to wait for: Guest.run works straight away; typed-ahead input is kept.
+Snapshots are cached by spec under ~/.cache/lguest-harness/snapshots/ (cached()), keyed by
+the kernel's and initramfs's contents and every option, like the kernel build.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pexpect
+
+from harness.console import Guest
+from harness.launch import GuestSpec, _guest_bytes_unchanged
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lguest-harness" / "snapshots"
+SNAPSHOT_TIMEOUT = 900.0
+_serial = itertools.count(1)
+
+
+class SnapshotFailed(AssertionError):
+    pass
+
+
+def snapshot_argv(spec: GuestSpec, directory: Path) -> list[str]:
+    """spec's `lguest-harness boot` command line, as `lguest-harness snapshot DIR`."""
+    argv = spec.argv()
+    at = argv.index("boot")
+    return [*argv[:at], "snapshot", str(directory), *argv[at + 1:]]
+
+
+def take(spec: GuestSpec, directory: Path, log_dir: Path, timeout: float = SNAPSHOT_TIMEOUT) -> Path:
+    """Boot spec's guest, pause it at its prompt, write the snapshot to directory."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"snapshot-{directory.name}.log"
+    with open(log, "wb") as out:
+        done = subprocess.run(snapshot_argv(spec, directory), stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=timeout)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SnapshotFailed(f"lguest-harness snapshot exited {done.returncode}:\n{tail}")
+    return directory
+
+
+def spec_key(spec: GuestSpec) -> str:
+    """The cache key: the kernel's and initramfs's contents and every other option."""
+    digest = hashlib.sha256()
+    for path in (spec.kernel, spec.initrd):
+        digest.update(_file_digest(Path(path)).encode() if path else b"-")
+    digest.update(repr((spec.mem, spec.cmdline, spec.backend, spec.block, spec.net, spec.rng,
+                        spec.extra_args, spec.netns)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached(spec: GuestSpec, log_dir: Path, cache: Path = CACHE) -> Path:
+    """The snapshot of spec's guest, taken on first use and kept (an unfinished one is retaken)."""
+    directory = cache / spec_key(spec)
+    if (directory / "manifest.json").is_file():
+        return directory
+    shutil.rmtree(directory, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = cache / f".{directory.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    take(spec, staging, log_dir)
+    try:
+        staging.rename(directory)
+    except OSError:             # another session got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def restore_argv(directory: Path, *, disks=(), timeout: float = 900.0, netns: str | None = None,
+                 extra=()) -> list[str]:
+    import sys
+    # `lguest-harness restore` itself, without the harness's other commands to import first.
+    argv = [sys.executable, "-m", "launcher.cli_restore", "--verbose", "--timeout", f"{timeout:g}",
+            *[f"--block={d}" for d in disks], *extra, str(directory)]
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def restore(directory: Path, log_dir: Path, name: str | None = None, *, disks=(), timeout: float = 900.0,
+            netns: str | None = None) -> Guest:
+    """A Guest running `lguest-harness restore directory` under pexpect."""
+    name = name or f"restored{next(_serial)}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    launcher_log = log_dir / f"{name}.launcher.log"
+    argv = restore_argv(directory, disks=disks, timeout=timeout, netns=netns)
+    command = f"exec {shlex.join(argv)} 2>{shlex.quote(str(launcher_log))}"
+    child = pexpect.spawn("/bin/sh", ["-c", command], encoding="utf-8", codec_errors="replace",
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"), dimensions=(50, 200),
+                          preexec_fn=_guest_bytes_unchanged)
+    return Guest(child, name=name, launcher_log=launcher_log)

@@ -1,0 +1,78 @@
+"""`lguest-harness restore DIR [--block=FILE ...] [--timeout S] [--stats-json FILE]`: continue a snapshot.
+
+The guest carries on from where `lguest-harness snapshot` paused it, with the console on
+stdio exactly as under `boot` (same exit statuses).  Guest memory is mapped copy-on-write
+from DIR, so DIR is never written and any number of guests can be restored from it.
+Block devices: each --block=FILE / --block-ro=FILE, in order, replaces the next block
+device's backing (used in place; same size and writability as the snapshot's); the rest
+are fresh copies of the snapshot's images (read-only ones are used in place, read-only),
+removed when the launcher exits.  A bad snapshot is one line and exit status 1, before
+any guest state exists.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from native.build import NativeBuildError
+
+from launcher import cli
+from launcher.config import DEFAULT_TIMEOUT
+from launcher.errors import LauncherError
+from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR
+from launcher.launcher import Launcher
+from launcher.snapshot import DiskOverride
+from launcher.transports.bus import Report
+
+HELP = "run a guest from a snapshot directory, console on stdio as under `boot`"
+PROG = "lguest-harness restore"
+DISKS = "disk_overrides"
+
+
+class _Disk(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        disks = list(getattr(namespace, DISKS, None) or [])
+        disks.append(DiskOverride(values, read_only=option_string == "--block-ro"))
+        setattr(namespace, DISKS, disks)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="say what the launcher does")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"end the run after this long (default {DEFAULT_TIMEOUT:g}); exit status 4")
+    parser.add_argument("--stats-json", metavar="FILE",
+                        help="write the run's figures (outcome, wall and in-hypervisor seconds, exits) as JSON")
+    parser.add_argument("--block", "--block-ro", metavar="FILE", action=_Disk, dest=DISKS,
+                        help="back the next block device with FILE, used in place (--block-ro for a read-only one)")
+    parser.set_defaults(**{DISKS: []})
+    parser.add_argument("directory", metavar="DIR", help="a directory written by `lguest-harness snapshot`")
+
+
+def _stderr(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
+def restore(args) -> int:
+    report = Report(say=_stderr if args.verbose else Report.quiet, tell=_stderr)
+    with Launcher.restore(args.directory, disks=tuple(args.disk_overrides), timeout=args.timeout,
+                          report=report) as vm:
+        stopped = vm.run()
+    return cli.report_outcome(stopped, vm, args, prog=PROG)
+
+
+def run(args) -> int:
+    try:
+        return restore(args)
+    except (LauncherError, NativeBuildError) as exc:
+        _stderr(str(exc))
+        return EXIT_LAUNCHER_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=HELP)
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
