@@ -17,6 +17,7 @@ import pexpect
 from harness.initramfs import PROMPT, READY_MARKER
 
 TAIL_CHARS = 2000
+LAUNCHER_TAIL_LINES = 12
 
 
 class GuestError(AssertionError):
@@ -157,4 +158,15 @@ class Guest:
         return self.exit_status
 
     def _failure(self, kind, what: str) -> GuestError:
-        return kind(f"{self.name}: {what}\n--- console tail ---\n{self.serial.tail()}")
+        """The console's tail, and the launcher's last lines: often the cause (a kernel it
+        refused, an instruction the host cannot emulate, a panic it recognised)."""
+        message = f"{self.name}: {what}"
+        launcher = self.launcher_log.rstrip().splitlines()[-LAUNCHER_TAIL_LINES:]
+        if launcher:
+            message += f"\n--- launcher log tail ({self.launcher_log_path}) ---\n" + "\n".join(launcher)
+        return kind(f"{message}\n--- console tail ---\n{readable(self.serial.tail())}")
+
+
+def readable(text: str) -> str:
+    """A serial log for people: no terminal control sequences, no carriage returns."""
+    return CSI_SEQUENCE.sub("", text).replace("\r\n", "\n").replace("\r", "")

@@ -7,7 +7,9 @@
 The `guest` fixture boots once per module (per distinct marker) unless the marker
 says scope="function" or scope="session"; `guest_factory` boots as many as a test
 wants.  On failure the serial log and the launcher's log are attached to the report
-(and to --junitxml), and saved under --guest-keep-logs.
+(and to --junitxml), and saved under --guest-keep-logs, for a guest that never got ready
+(a setup error) as for a failing test; the kernel and initramfs are checked before any
+guest starts.
 """
 from __future__ import annotations
 
@@ -19,12 +21,16 @@ import pytest
 from _pytest.reports import TestReport
 
 from harness import disks, ktap as ktap_parser, netns
-from harness.console import Guest
+from harness.console import Guest, GuestError, readable
 from harness.launch import DEFAULT_CMDLINE, GuestSpec, boot
+from harness.preflight import initrd_problem, kernel_problem
 
 REPORT_CHARS = 20000
 _GUESTS = pytest.StashKey[list]()
 _POOL = pytest.StashKey[dict]()
+_CHECKED = pytest.StashKey[dict]()        # (kernel, backend) -> problem or None
+_ATTACHED = pytest.StashKey[set]()        # guests whose logs an item's report already carries
+READY_TIMEOUT = 300
 
 BACKEND_NEEDS = {"kvm": "/dev/kvm", "lguest": "/dev/lguest"}
 
@@ -44,6 +50,19 @@ def pytest_configure(config):
         "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
                    "scope=): how the `guest` fixture boots its guest")
     config.stash[_POOL] = {}
+    config.stash[_CHECKED] = {}
+    _check_options(config)
+
+
+def _check_options(config) -> None:
+    """A kernel or initramfs that cannot work stops the run before any guest starts, in one line."""
+    if not hasattr(config.option, "guest_kernel"):
+        return
+    kernel, initrd = config.getoption("--guest-kernel"), config.getoption("--guest-initrd")
+    problem = (kernel and kernel_problem(kernel, config.getoption("--guest-backend"))) or \
+        (initrd and initrd_problem(initrd))
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 def pytest_generate_tests(metafunc):
@@ -131,9 +150,36 @@ class _Booter:
                          timeout=timeout)
 
     def boot(self, spec: GuestSpec, name: str, wait: bool = True) -> Guest:
-        guest = boot(spec, self.log_dir, name=name, wait=wait)
+        guest = self.start(spec, name)
+        if wait:
+            _wait_ready(guest)
+        return guest
+
+    def start(self, spec: GuestSpec, name: str) -> Guest:
+        """Check the kernel for this backend, start the launcher; the test's report gets the
+        guest's logs from here on, so a guest that never gets ready still explains itself."""
+        self.check(spec)
+        guest = boot(spec, self.log_dir, name=name, wait=False)
         self.request.node.stash.setdefault(_GUESTS, []).append(guest)
         return guest
+
+    def check(self, spec: GuestSpec) -> None:
+        checked = self.config.stash[_CHECKED]
+        key = (spec.kernel, spec.backend)
+        if key not in checked:
+            what = "--guest-kernel" if spec.kernel == self.config.getoption("--guest-kernel") else "kernel"
+            checked[key] = kernel_problem(spec.kernel, spec.backend, what)
+        problem = checked[key] or (spec.initrd and initrd_problem(spec.initrd, "initrd"))
+        if problem:
+            pytest.fail(problem, pytrace=False)
+
+
+def _wait_ready(guest: Guest) -> None:
+    try:
+        guest.wait_ready(timeout=READY_TIMEOUT)
+    except BaseException:
+        guest.close()
+        raise
 
 
 def _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory) -> _Booter:
@@ -180,11 +226,15 @@ def guest(request, guest_kernel, guest_image, guest_backend, tmp_path_factory) -
         options["block"] = disks.raw_image(tmp_path_factory.mktemp("disk") / "disk.raw")
     booter = _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory)
     spec = booter.spec(**options)
-    if scope == "function":
-        guest = booter.boot(spec, "guest")
-        request.addfinalizer(lambda: _shutdown(guest))
-        return guest
-    return _pooled(request, booter, spec, scope)
+    try:
+        if scope == "function":
+            guest = booter.boot(spec, "guest")
+            request.addfinalizer(lambda: _shutdown(guest))
+            return guest
+        return _pooled(request, booter, spec, scope)
+    except GuestError as err:     # the cause is in the message; the plugin's traceback is noise
+        failure = f"{type(err).__name__}: {err}"
+    pytest.fail(failure, pytrace=False)
 
 
 def _owner(request, scope: str):
@@ -200,19 +250,36 @@ def _shared_netns(request, scope: str) -> netns.NetNamespace:
     return pool[key]
 
 
+class _BootFailed:
+    """A shared guest that did not boot: the tests that share it fail with its cause, without
+    booting it again (a kernel that times out would cost each of them minutes)."""
+
+    def __init__(self, guest: Guest, error: GuestError, nodeid: str):
+        self.guest, self.error, self.nodeid = guest, error, nodeid
+
+
 def _pooled(request, booter: _Booter, spec: GuestSpec, scope: str) -> Guest:
     pool = request.config.stash[_POOL]
     owner = _owner(request, scope)
     key = (owner.nodeid, spec)
     guest = pool.get(key)
+    if isinstance(guest, _BootFailed):
+        request.node.stash.setdefault(_GUESTS, []).append(guest.guest)
+        raise type(guest.error)(f"not booted again: it failed for {guest.nodeid}\n{guest.error}")
     if guest is None or not guest.child.isalive():
-        guest = boot(spec, booter.log_dir, name=f"guest{len(pool) + 1}")
+        guest = booter.start(spec, f"guest{len(pool) + 1}")
+        try:
+            _wait_ready(guest)
+        except GuestError as err:
+            pool[key] = _BootFailed(guest, err, request.node.nodeid)
+            raise
         pool[key] = guest
 
         def release(key=key):
             _shutdown(pool.pop(key))
         owner.addfinalizer(release)
-    request.node.stash.setdefault(_GUESTS, []).append(guest)
+    else:
+        request.node.stash.setdefault(_GUESTS, []).append(guest)
     return guest
 
 
@@ -251,8 +318,12 @@ def pytest_runtest_makereport(item, call):
     if not report.failed or not guests:
         return
     keep = item.config.getoption("--guest-keep-logs")
+    attached = item.stash.setdefault(_ATTACHED, set())
     for guest in guests:
-        serial, launcher = guest.serial_log[-REPORT_CHARS:], guest.launcher_log[-REPORT_CHARS:]
+        if id(guest) in attached:
+            continue
+        attached.add(id(guest))
+        serial, launcher = readable(guest.serial_log)[-REPORT_CHARS:], guest.launcher_log[-REPORT_CHARS:]
         # Sections show in the terminal (and in junit system-out with junit_logging);
         # the item's user properties always reach --junitxml (with its teardown report).
         report.sections.append((f"Captured stdout guest serial log ({guest.name})", serial))
@@ -269,5 +340,6 @@ def _safe(nodeid: str) -> str:
 
 def _save_logs(directory: Path, guest: Guest) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{guest.name}.serial.log").write_text(guest.serial_log)
+    (directory / f"{guest.name}.serial.log").write_text(readable(guest.serial_log))     # for people
+    (directory / f"{guest.name}.serial.raw.log").write_text(guest.serial_log)          # byte for byte
     (directory / f"{guest.name}.launcher.log").write_text(guest.launcher_log)
