@@ -13,6 +13,8 @@ guest starts.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -30,6 +32,8 @@ _GUESTS = pytest.StashKey[list]()
 _POOL = pytest.StashKey[dict]()
 _CHECKED = pytest.StashKey[dict]()        # (kernel, backend) -> problem or None
 _ATTACHED = pytest.StashKey[set]()        # guests whose logs an item's report already carries
+_IMAGES = pytest.StashKey[dict]()         # content hash of files=/commands= -> initramfs path
+_KTAP_FAILED = pytest.StashKey[list]()    # an item's failing KTAP subtests
 READY_TIMEOUT = 300
 
 BACKEND_NEEDS = {"kvm": "/dev/kvm", "lguest": "/dev/lguest"}
@@ -51,6 +55,7 @@ def pytest_configure(config):
                    "scope=): how the `guest` fixture boots its guest")
     config.stash[_POOL] = {}
     config.stash[_CHECKED] = {}
+    config.stash[_IMAGES] = {}
     _check_options(config)
 
 
@@ -81,7 +86,21 @@ def guest_kernel(pytestconfig) -> Path:
     if explicit:
         return explicit
     from harness.kernel import ensure_kernel
-    return ensure_kernel(log=lambda msg: None).vmlinux
+    return ensure_kernel(log=terminal_say(pytestconfig)).vmlinux
+
+
+def terminal_say(config):
+    """A log function that reaches pytest's terminal even while output is captured (a kernel
+    build takes minutes: the person waiting sees its progress)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def say(message: str) -> None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"lguest-harness {message}")
+    return say
 
 
 @pytest.fixture(scope="session")
@@ -138,9 +157,7 @@ class _Booter:
              backend=None, timeout=900.0, kernel=None, initrd=None) -> GuestSpec:
         image = initrd or self.image
         if files or commands:
-            from harness.initramfs import build_initramfs
-            image = build_initramfs(self.log_dir / f"initramfs-{abs(hash((tuple(files or ()), commands)))}.cpio",
-                                    extra_files=files, commands=tuple(commands))
+            image = self.custom_image(files or {}, tuple(commands))
         blocks = (block,) if isinstance(block, (str, Path)) else tuple(block or ())
         ns = net if isinstance(net, netns.NetNamespace) else None
         cmd = tuple(DEFAULT_CMDLINE) + tuple(cmdline) + ((ns.guest_cmdline,) if ns else ())
@@ -148,6 +165,17 @@ class _Booter:
                          cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
                          timeout=timeout)
+
+    def custom_image(self, files: dict, commands: tuple[str, ...]) -> Path:
+        """One initramfs per distinct content for the session: identical marks give identical
+        GuestSpecs, so they share one guest."""
+        from harness.initramfs import build_initramfs
+        key = _content_key(files, commands)
+        images = self.config.stash[_IMAGES]
+        if key not in images:
+            images[key] = build_initramfs(self.log_dir / f"initramfs-{key}.cpio", extra_files=files,
+                                          commands=commands)
+        return images[key]
 
     def boot(self, spec: GuestSpec, name: str, wait: bool = True) -> Guest:
         guest = self.start(spec, name)
@@ -172,6 +200,20 @@ class _Booter:
         problem = checked[key] or (spec.initrd and initrd_problem(spec.initrd, "initrd"))
         if problem:
             pytest.fail(problem, pytrace=False)
+
+
+def _content_key(files: dict, commands: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for guest_path, content in sorted(files.items(), key=lambda item: str(item[0])):
+        if isinstance(content, Path):
+            mode = "x" if content.stat().st_mode & 0o111 else "-"
+            data = content.read_bytes()
+        else:
+            mode, data = "-", content.encode() if isinstance(content, str) else bytes(content)
+        digest.update(f"{guest_path}\0{mode}\0{len(data)}\0".encode() + data)
+    for command in commands:
+        digest.update(b"\1" + command.encode())
+    return digest.hexdigest()[:16]
 
 
 def _wait_ready(guest: Guest) -> None:
@@ -286,12 +328,19 @@ def _pooled(request, booter: _Booter, spec: GuestSpec, scope: str) -> Guest:
 # -- KTAP results as tests -------------------------------------------------------------------
 @pytest.fixture
 def ktap(request):
-    """run(guest, command, timeout=120) -> KtapResult, reporting each subtest as its own result."""
+    """run(guest, command, timeout=120) -> KtapResult, reporting each subtest as its own result.
+
+    Subtests count in the run's totals; a failing one also fails the test that ran it."""
 
     def run(guest: Guest, command: str, timeout: float = 120) -> ktap_parser.KtapResult:
         result = ktap_parser.parse(guest.run(command, timeout=timeout).output)
-        for case in result.all_cases():
-            _report_case(request.node, case)
+        cases = result.all_cases()
+        request.session.testscollected += len(cases)      # progress stays within 100 %
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            for case in cases:
+                _report_case(request.node, case)
+        request.node.stash.setdefault(_KTAP_FAILED, []).extend(c for c in cases if c.status == "fail")
         return result
     return run
 
@@ -309,11 +358,21 @@ def _report_case(item, case: ktap_parser.Case) -> None:
     item.ihook.pytest_runtest_logreport(report=report)
 
 
+def _fail_for_subtests(item, report) -> None:
+    """A test whose KTAP subtests failed is not a pass."""
+    failed = item.stash.get(_KTAP_FAILED, [])
+    if report.when == "call" and report.passed and failed:
+        report.outcome = "failed"
+        report.longrepr = f"{len(failed)} KTAP subtest(s) failed: " + ", ".join(
+            f"{c.name} (not ok {c.number})" for c in failed)
+
+
 # -- failure artifacts ------------------------------------------------------------------------
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    _fail_for_subtests(item, report)
     guests = item.stash.get(_GUESTS, [])
     if not report.failed or not guests:
         return
