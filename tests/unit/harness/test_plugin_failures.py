@@ -88,12 +88,9 @@ def test_a_launcher_that_exits_explains_itself_everywhere(pytester, tmp_path):
 
 def test_a_guest_that_times_out_shows_the_launcher_lines_too(pytester, kernel, tmp_path):
     pytester.makepyfile(test_k="""
-        import harness.console, harness.plugin
-
-        harness.plugin.READY_TIMEOUT = 3
-        harness.console.READY_MARKER = "a marker this guest never prints"
-
-        def test_hangs(guest_factory):
+        def test_hangs(guest_factory, monkeypatch):
+            monkeypatch.setattr("harness.plugin.READY_TIMEOUT", 3)
+            monkeypatch.setattr("harness.console.READY_MARKER", "a marker this guest never prints")
             guest_factory()
     """)
     result = pytester.runpytest(f"--guest-kernel={kernel}", "--guest-backend=fake")
