@@ -70,7 +70,8 @@ def test_a_launcher_that_exits_explains_itself_everywhere(pytester, tmp_path):
     result.assert_outcomes(errors=2)
     cause = "segment 0 at p_paddr 0x1000000+0x1000 does not fit in guest memory"
     result.stdout.fnmatch_lines([
-        "*GuestExited: guest1: launcher exited (status 1) while waiting for *lguest*ready*",
+        "*GuestExited: guest1: launcher exited (status 1) while waiting for 'lguest-harness: ready'",
+        f"launcher's last word: lguest-harness boot: kernel: {cause}*",
         "*--- launcher log tail (*guest1.launcher.log) ---",
         f"lguest-harness boot: kernel: {cause}*",
         "*Captured stderr launcher log (guest1)*",
