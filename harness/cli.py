@@ -20,6 +20,14 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("lguest-harness")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.fakes.lguest_host import register as register_fake_backend
     register_fake_backend()     # `--backend fake`: the launcher never imports the harness itself
@@ -27,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lguest-harness",
         description="Boot and test Linux guest kernels and virtio devices.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

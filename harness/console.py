@@ -17,6 +17,7 @@ import pexpect
 from harness.initramfs import PROMPT, READY_MARKER
 
 TAIL_CHARS = 2000
+LAUNCHER_TAIL_LINES = 8
 
 
 class GuestError(AssertionError):
@@ -92,11 +93,11 @@ class Guest:
         try:
             return self.child.expect(pattern, timeout=timeout)
         except pexpect.TIMEOUT:
-            raise self._failure(GuestTimeout, f"timed out after {timeout} s waiting for {pattern!r}") from None
+            raise self._failure(GuestTimeout, f"timed out after {timeout} s waiting for {_shown(pattern)!r}") from None
         except pexpect.EOF:
             self._reap()
             raise self._failure(GuestExited, f"launcher exited (status {self.exit_status}) "
-                                f"while waiting for {pattern!r}") from None
+                                f"while waiting for {_shown(pattern)!r}") from None
 
     def sendline(self, line: str = "") -> None:
         self.child.sendline(line)
@@ -157,4 +158,25 @@ class Guest:
         return self.exit_status
 
     def _failure(self, kind, what: str) -> GuestError:
-        return kind(f"{self.name}: {what}\n--- console tail ---\n{self.serial.tail()}")
+        """The console's tail, and the launcher's last lines: often the cause (a kernel it
+        refused, an instruction the host cannot emulate, a panic it recognised)."""
+        message = f"{self.name}: {what}"
+        launcher = [line for line in self.launcher_log.splitlines() if line.strip()][-LAUNCHER_TAIL_LINES:]
+        if launcher:
+            if self.exit_status is not None:
+                message += f"\nlauncher's last word: {launcher[-1]}"   # why it ended, as boot reports it
+            message += f"\n--- launcher log tail ({self.launcher_log_path}) ---\n" + "\n".join(launcher)
+        return kind(f"{message}\n--- console tail ---\n{readable(self.serial.tail())}")
+
+
+def _shown(pattern):
+    """A pattern as people read it: re.escape undone, when it was an escaped literal."""
+    if not isinstance(pattern, str):
+        return pattern
+    plain = re.sub(r"\\(.)", r"\1", pattern)
+    return plain if re.escape(plain) == pattern else pattern
+
+
+def readable(text: str) -> str:
+    """A serial log for people: no terminal control sequences, no carriage returns."""
+    return CSI_SEQUENCE.sub("", text).replace("\r\n", "\n").replace("\r", "")

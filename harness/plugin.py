@@ -8,11 +8,16 @@ The `guest` fixture boots once per module (per distinct marker) unless the marke
 says scope="function" or scope="session"; `guest_factory` boots as many as a test
 wants.  fresh=True gives each test its own guest restored from a snapshot of the spec's
 guest (harness.snapshots: taken once, cached by kernel, initramfs and options), so a test
-gets a clean guest for well under a second instead of a boot (kvm; other backends boot).  On failure the serial log and the launcher's log are attached to the report
-(and to --junitxml), and saved under --guest-keep-logs.
+gets a clean guest for well under a second instead of a boot (kvm; other backends boot).
+On failure the serial log and the launcher's log are attached to the report
+(and to --junitxml), and saved under --guest-keep-logs, for a guest that never got ready
+(a setup error) as for a failing test; the kernel and initramfs are checked before any
+guest starts.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -21,12 +26,18 @@ import pytest
 from _pytest.reports import TestReport
 
 from harness import disks, ktap as ktap_parser, netns
-from harness.console import Guest
+from harness.console import Guest, GuestError, readable
 from harness.launch import DEFAULT_CMDLINE, GuestSpec, boot
+from harness.preflight import initrd_problem, kernel_problem
 
 REPORT_CHARS = 20000
 _GUESTS = pytest.StashKey[list]()
 _POOL = pytest.StashKey[dict]()
+_CHECKED = pytest.StashKey[dict]()        # (kernel, backend) -> problem or None
+_ATTACHED = pytest.StashKey[set]()        # guests whose logs an item's report already carries
+_IMAGES = pytest.StashKey[dict]()         # content hash of files=/commands= -> initramfs path
+_KTAP_FAILED = pytest.StashKey[list]()    # an item's failing KTAP subtests
+READY_TIMEOUT = 300
 
 BACKEND_NEEDS = {"kvm": "/dev/kvm", "lguest": "/dev/lguest"}
 
@@ -46,6 +57,20 @@ def pytest_configure(config):
         "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
                    "scope=, fresh=): how the `guest` fixture boots its guest")
     config.stash[_POOL] = {}
+    config.stash[_CHECKED] = {}
+    config.stash[_IMAGES] = {}
+    _check_options(config)
+
+
+def _check_options(config) -> None:
+    """A kernel or initramfs that cannot work stops the run before any guest starts, in one line."""
+    if not hasattr(config.option, "guest_kernel"):
+        return
+    kernel, initrd = config.getoption("--guest-kernel"), config.getoption("--guest-initrd")
+    problem = (kernel and kernel_problem(kernel, config.getoption("--guest-backend"))) or \
+        (initrd and initrd_problem(initrd))
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 def pytest_generate_tests(metafunc):
@@ -64,7 +89,21 @@ def guest_kernel(pytestconfig) -> Path:
     if explicit:
         return explicit
     from harness.kernel import ensure_kernel
-    return ensure_kernel(log=lambda msg: None).vmlinux
+    return ensure_kernel(log=terminal_say(pytestconfig)).vmlinux
+
+
+def terminal_say(config):
+    """A log function that reaches pytest's terminal even while output is captured (a kernel
+    build takes minutes: the person waiting sees its progress)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def say(message: str) -> None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(f"lguest-harness {message}")
+    return say
 
 
 @pytest.fixture(scope="session")
@@ -129,9 +168,7 @@ class _Booter:
              backend=None, timeout=900.0, kernel=None, initrd=None) -> GuestSpec:
         image = initrd or self.image
         if files or commands:
-            from harness.initramfs import build_initramfs
-            image = build_initramfs(self.log_dir / f"initramfs-{abs(hash((tuple(files or ()), commands)))}.cpio",
-                                    extra_files=files, commands=tuple(commands))
+            image = self.custom_image(files or {}, tuple(commands))
         blocks = (block,) if isinstance(block, (str, Path)) else tuple(block or ())
         ns = net if isinstance(net, netns.NetNamespace) else None
         cmd = tuple(DEFAULT_CMDLINE) + tuple(cmdline) + ((ns.guest_cmdline,) if ns else ())
@@ -140,20 +177,73 @@ class _Booter:
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
                          timeout=timeout)
 
+    def custom_image(self, files: dict, commands: tuple[str, ...]) -> Path:
+        """One initramfs per distinct content for the session: identical marks give identical
+        GuestSpecs, so they share one guest."""
+        from harness.initramfs import build_initramfs
+        key = _content_key(files, commands)
+        images = self.config.stash[_IMAGES]
+        if key not in images:
+            images[key] = build_initramfs(self.log_dir / f"initramfs-{key}.cpio", extra_files=files,
+                                          commands=commands)
+        return images[key]
+
     def boot(self, spec: GuestSpec, name: str, wait: bool = True) -> Guest:
-        guest = boot(spec, self.log_dir, name=name, wait=wait)
+        guest = self.start(spec, name)
+        if wait:
+            _wait_ready(guest)
+        return guest
+
+    def start(self, spec: GuestSpec, name: str) -> Guest:
+        """Check the kernel for this backend, start the launcher; the test's report gets the
+        guest's logs from here on, so a guest that never gets ready still explains itself."""
+        self.check(spec)
+        guest = boot(spec, self.log_dir, name=name, wait=False)
         self.request.node.stash.setdefault(_GUESTS, []).append(guest)
         return guest
 
     def restore_fresh(self, spec: GuestSpec, name: str) -> Guest:
         """A guest restored from the spec's cached snapshot (a boot where snapshots are not supported)."""
-        if (spec.backend or "kvm") != "kvm":
+        from launcher.hypervisor import backend_class, default_backend
+        if not backend_class(spec.backend or default_backend()).snapshots:
             return self.boot(spec, name)
         from harness import snapshots
         directory = snapshots.cached(spec, self.log_dir)
         guest = snapshots.restore(directory, self.log_dir, name, timeout=spec.timeout, netns=spec.netns)
         self.request.node.stash.setdefault(_GUESTS, []).append(guest)
         return guest
+
+    def check(self, spec: GuestSpec) -> None:
+        checked = self.config.stash[_CHECKED]
+        key = (spec.kernel, spec.backend)
+        if key not in checked:
+            what = "--guest-kernel" if spec.kernel == self.config.getoption("--guest-kernel") else "kernel"
+            checked[key] = kernel_problem(spec.kernel, spec.backend, what)
+        problem = checked[key] or (spec.initrd and initrd_problem(spec.initrd, "initrd"))
+        if problem:
+            pytest.fail(problem, pytrace=False)
+
+
+def _content_key(files: dict, commands: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for guest_path, content in sorted(files.items(), key=lambda item: str(item[0])):
+        if isinstance(content, Path):
+            mode = "x" if content.stat().st_mode & 0o111 else "-"
+            data = content.read_bytes()
+        else:
+            mode, data = "-", content.encode() if isinstance(content, str) else bytes(content)
+        digest.update(f"{guest_path}\0{mode}\0{len(data)}\0".encode() + data)
+    for command in commands:
+        digest.update(b"\1" + command.encode())
+    return digest.hexdigest()[:16]
+
+
+def _wait_ready(guest: Guest) -> None:
+    try:
+        guest.wait_ready(timeout=READY_TIMEOUT)
+    except BaseException:
+        guest.close()
+        raise
 
 
 def _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory) -> _Booter:
@@ -201,15 +291,19 @@ def guest(request, guest_kernel, guest_image, guest_backend, tmp_path_factory) -
         options["block"] = disks.raw_image(tmp_path_factory.mktemp("disk") / "disk.raw")
     booter = _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory)
     spec = booter.spec(**options)
-    if fresh:
-        guest = booter.restore_fresh(spec, "guest")
-        request.addfinalizer(lambda: _shutdown(guest))
-        return guest
-    if scope == "function":
-        guest = booter.boot(spec, "guest")
-        request.addfinalizer(lambda: _shutdown(guest))
-        return guest
-    return _pooled(request, booter, spec, scope)
+    try:
+        if fresh:
+            guest = booter.restore_fresh(spec, "guest")
+            request.addfinalizer(lambda: _shutdown(guest))
+            return guest
+        if scope == "function":
+            guest = booter.boot(spec, "guest")
+            request.addfinalizer(lambda: _shutdown(guest))
+            return guest
+        return _pooled(request, booter, spec, scope)
+    except GuestError as err:     # the cause is in the message; the plugin's traceback is noise
+        failure = f"{type(err).__name__}: {err}"
+    pytest.fail(failure, pytrace=False)
 
 
 def _owner(request, scope: str):
@@ -225,31 +319,55 @@ def _shared_netns(request, scope: str) -> netns.NetNamespace:
     return pool[key]
 
 
+class _BootFailed:
+    """A shared guest that did not boot: the tests that share it fail with its cause, without
+    booting it again (a kernel that times out would cost each of them minutes)."""
+
+    def __init__(self, guest: Guest, error: GuestError, nodeid: str):
+        self.guest, self.error, self.nodeid = guest, error, nodeid
+
+
 def _pooled(request, booter: _Booter, spec: GuestSpec, scope: str) -> Guest:
     pool = request.config.stash[_POOL]
     owner = _owner(request, scope)
     key = (owner.nodeid, spec)
     guest = pool.get(key)
+    if isinstance(guest, _BootFailed):
+        request.node.stash.setdefault(_GUESTS, []).append(guest.guest)
+        raise type(guest.error)(f"not booted again: it failed for {guest.nodeid}\n{guest.error}")
     if guest is None or not guest.child.isalive():
-        guest = boot(spec, booter.log_dir, name=f"guest{len(pool) + 1}")
+        guest = booter.start(spec, f"guest{len(pool) + 1}")
+        try:
+            _wait_ready(guest)
+        except GuestError as err:
+            pool[key] = _BootFailed(guest, err, request.node.nodeid)
+            raise
         pool[key] = guest
 
         def release(key=key):
             _shutdown(pool.pop(key))
         owner.addfinalizer(release)
-    request.node.stash.setdefault(_GUESTS, []).append(guest)
+    else:
+        request.node.stash.setdefault(_GUESTS, []).append(guest)
     return guest
 
 
 # -- KTAP results as tests -------------------------------------------------------------------
 @pytest.fixture
 def ktap(request):
-    """run(guest, command, timeout=120) -> KtapResult, reporting each subtest as its own result."""
+    """run(guest, command, timeout=120) -> KtapResult, reporting each subtest as its own result.
+
+    Subtests count in the run's totals; a failing one also fails the test that ran it."""
 
     def run(guest: Guest, command: str, timeout: float = 120) -> ktap_parser.KtapResult:
         result = ktap_parser.parse(guest.run(command, timeout=timeout).output)
-        for case in result.all_cases():
-            _report_case(request.node, case)
+        cases = result.all_cases()
+        request.session.testscollected += len(cases)      # progress stays within 100 %
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            for case in cases:
+                _report_case(request.node, case)
+        request.node.stash.setdefault(_KTAP_FAILED, []).extend(c for c in cases if c.status == "fail")
         return result
     return run
 
@@ -267,17 +385,31 @@ def _report_case(item, case: ktap_parser.Case) -> None:
     item.ihook.pytest_runtest_logreport(report=report)
 
 
+def _fail_for_subtests(item, report) -> None:
+    """A test whose KTAP subtests failed is not a pass."""
+    failed = item.stash.get(_KTAP_FAILED, [])
+    if report.when == "call" and report.passed and failed:
+        report.outcome = "failed"
+        report.longrepr = f"{len(failed)} KTAP subtest(s) failed: " + ", ".join(
+            f"{c.name} (not ok {c.number})" for c in failed)
+
+
 # -- failure artifacts ------------------------------------------------------------------------
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    _fail_for_subtests(item, report)
     guests = item.stash.get(_GUESTS, [])
     if not report.failed or not guests:
         return
     keep = item.config.getoption("--guest-keep-logs")
+    attached = item.stash.setdefault(_ATTACHED, set())
     for guest in guests:
-        serial, launcher = guest.serial_log[-REPORT_CHARS:], guest.launcher_log[-REPORT_CHARS:]
+        if id(guest) in attached:
+            continue
+        attached.add(id(guest))
+        serial, launcher = readable(guest.serial_log)[-REPORT_CHARS:], guest.launcher_log[-REPORT_CHARS:]
         # Sections show in the terminal (and in junit system-out with junit_logging);
         # the item's user properties always reach --junitxml (with its teardown report).
         report.sections.append((f"Captured stdout guest serial log ({guest.name})", serial))
@@ -294,5 +426,6 @@ def _safe(nodeid: str) -> str:
 
 def _save_logs(directory: Path, guest: Guest) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{guest.name}.serial.log").write_text(guest.serial_log)
+    (directory / f"{guest.name}.serial.log").write_text(readable(guest.serial_log))     # for people
+    (directory / f"{guest.name}.serial.raw.log").write_text(guest.serial_log)          # byte for byte
     (directory / f"{guest.name}.launcher.log").write_text(guest.launcher_log)

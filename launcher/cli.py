@@ -39,7 +39,21 @@ PROG = "lguest-harness boot"
 __all__ = ["UsageError", "configure", "config_from_args", "main", "run"]
 
 
+def exit_statuses() -> str:
+    """The exit statuses, from the outcomes themselves (shown by --help)."""
+    rows = [(EXIT_LAUNCHER_ERROR, "bad input or launcher setup failure (one line on stderr)"),
+            (2, "usage error")]
+    for outcome in Outcome:
+        rows.append((outcome.exit_status, outcome.text))
+    merged: dict[int, list[str]] = {}
+    for status, text in rows:
+        merged.setdefault(status, []).append(text)
+    return "exit status:\n" + "\n".join(f"  {status:<4} {'; '.join(texts)}" for status, texts in sorted(merged.items()))
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = exit_statuses()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("-v", "--verbose", action="store_true", help="say what the launcher does")
     parser.add_argument("--initrd", metavar="FILE", help="initial ram disk, placed at the top of guest RAM")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default=default_backend(),

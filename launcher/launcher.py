@@ -31,7 +31,10 @@ from launcher.devspec import HostBackends, build_devices, close_devices
 from launcher.hypervisor import backend_class
 from launcher.hypervisor.base import BootSpec, Notify, Outcome, RebootPolicy, RunStats, Stopped
 from launcher.io.console import ConsoleInput, stdout_writer
-from launcher.loader import BootParams, Cmdline, LoadResult, load_initrd, load_kernel_bytes, read_kernel
+from launcher.loader import (
+    BootParams, Cmdline, KernelKind, LoadResult, kernel_kind, load_initrd, load_kernel_bytes, read_kernel,
+)
+from launcher.loader.errors import KernelKindUnsupported
 from launcher.memory import GuestMemory
 from launcher.privileges import drop_privileges
 from launcher.reexec import Reexec
@@ -136,7 +139,9 @@ class Launcher:
     def _load(self, kernel: bytes) -> BootSpec:
         layout = self.backend.boot_layout()
         say = self.report.say
+        self._check_kind(kernel_kind(kernel, prefer_elf=layout.prefer_elf), layout.kernel_kinds)
         result = load_kernel_bytes(self.memory, kernel, prefer_elf=layout.prefer_elf)
+        self._check_kind(result.kind, layout.kernel_kinds)   # the headers may not have told (old bzImage)
         self.bus.check_kernel_end(result.end)
         say(f"kernel: {result.kind.value}" + (f", {result.compression} payload" if result.compression else "")
             + f", entry {result.entry:#x}")
@@ -155,6 +160,20 @@ class Launcher:
             say(f"e820: {entry.addr:#011x}-{entry.addr + entry.size - 1:#011x} {entry.type.name}")
         self.load_result = result
         return BootSpec(result.entry, layout.boot_params, result.kind)
+
+    def _check_kind(self, kind: KernelKind | None, boots: frozenset[KernelKind]) -> None:
+        """Refuse, before the guest runs, a kernel this backend cannot start."""
+        if kind is None or kind in boots:
+            return
+        what = f"kernel {self.config.kernel} ({kind.value})"
+        accepted = ", ".join(sorted(k.value for k in boots))
+        if not kind.is_64bit and boots and all(k.is_64bit for k in boots):
+            raise KernelKindUnsupported(
+                f"{what} is a 32-bit kernel; the {self.config.backend} backend boots only 64-bit x86 kernels "
+                f"({accepted}); build it with CONFIG_64BIT=y (`make tinyconfig` alone gives a 32-bit config: "
+                f"run `lguest-harness kernel config --merge TREE` after it, or `make ARCH=x86_64 ...`)")
+        raise KernelKindUnsupported(f"{what}: the {self.config.backend} backend does not boot this kind "
+                                    f"(it boots: {accepted})")
 
     def _load_initrd(self, kernel_end: int, max_end: int | None) -> tuple[int, int]:
         if self.config.initrd is None:

@@ -11,7 +11,8 @@ A backend runs one guest.  The life cycle (launcher.launcher.Launcher) drives it
     status = event.outcome.exit_status
 
 A backend class declares what the life cycle must know about it: `bus` (the device bus
-class its guests probe, launcher.transports.bus.DeviceBus) and `reboot` (RebootPolicy).
+class its guests probe, launcher.transports.bus.DeviceBus), `reboot` (RebootPolicy) and
+`boots` (the kernel kinds it can start, which its BootLayout carries to the load step).
 Implementations: kvm (this package), lguest, and the harness's fake.
 """
 from __future__ import annotations
@@ -87,6 +88,7 @@ class BootLayout:
     prefer_elf: bool            # extract the vmlinux from a bzImage instead of running its decompressor
     initrd_max_end: int | None  # the initrd must end below this (None: top of RAM)
     copy_setup_header: bool     # copy a bzImage's setup header into the zero page
+    kernel_kinds: frozenset[KernelKind]     # the kinds of kernel this backend boots; the load step refuses others
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Backend(abc.ABC):
     name: str = "?"
     bus: ClassVar[type]                          # launcher.transports.bus.DeviceBus
     reboot: ClassVar[RebootPolicy] = RebootPolicy.END_RUN
+    boots: ClassVar[frozenset[KernelKind]] = frozenset(KernelKind)   # every kind the loader produces
 
     @abc.abstractmethod
     def boot_layout(self) -> BootLayout:
@@ -148,6 +151,8 @@ class Backend(abc.ABC):
         """From any thread: make run() return Stopped(outcome) promptly."""
 
     # -- snapshots (optional: a backend that cannot says so) -----------------------------------
+    snapshots: ClassVar[bool] = False           # save_state/restore_state work
+
     def save_state(self) -> dict:
         """After run() returned Stopped(PAUSED): the guest CPU and in-kernel device state as
         plain data (JSON-able), with any exit the vCPU was handling completed first."""

@@ -28,7 +28,7 @@ from launcher.hypervisor.kvm_virtio import KvmVirtioMmio
 from launcher.hypervisor.kvm_sys import KvmSystem, ioctl
 from launcher.hypervisor.kvm_vcpu import Vcpu, install_kick_handler
 from launcher.io.threads import start_shielded
-from launcher.loader import E820Entry, HardwareSubarch, LoadFlags
+from launcher.loader import E820Entry, HardwareSubarch, KernelKind, LoadFlags
 from launcher.symbols import SystemMap
 from launcher.uart import Uart8250
 
@@ -43,6 +43,9 @@ WATCHDOG_TICK = 0.1
 class KvmBackend(Backend):
     name = "kvm"
     bus = KvmVirtioMmio
+    snapshots = True
+    # Linux is entered at its 64-bit entry in long mode; a 32-bit kernel's startup_32 triple-faults here.
+    boots = frozenset({KernelKind.ELF64, KernelKind.BZIMAGE_ELF64})
 
     def __init__(self, memory, console_out: ConsoleOut, *, irqchip: bool = True,
                  system_map: SystemMap | None = None, kvm_path: str = "/dev/kvm",
@@ -112,7 +115,7 @@ class KvmBackend(Backend):
             boot_params=lm.ZERO_PAGE, cmdline=lm.CMDLINE_ADDR, cmdline_capacity=lm.CMDLINE_CAPACITY,
             e820=tuple(e820), hardware_subarch=HardwareSubarch.PC, loadflags=LoadFlags.LOADED_HIGH,
             version=0x20C, prefer_elf=True, initrd_max_end=INITRD_MAX_END,
-            copy_setup_header=True)
+            copy_setup_header=True, kernel_kinds=self.boots)
 
     def cmdline_additions(self) -> list[CmdlineAddition]:
         console = CmdlineAddition("console=ttyS0", "this backend's console is the 8250 UART at 0x3f8")

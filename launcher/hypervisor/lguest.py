@@ -182,7 +182,8 @@ class LguestBackend(Backend):
             version=BOOT_PROTOCOL,
             prefer_elf=False,     # a bzImage runs its own decompressor from code32_start
             initrd_max_end=self.ram_size,
-            copy_setup_header=False)   # the original left the bzImage's setup header out
+            copy_setup_header=False,   # the original left the bzImage's setup header out
+            kernel_kinds=self.boots)
 
     def set_guest_limit(self, limit: int) -> None:
         """The top of what the guest may touch: RAM plus the device pages in use."""

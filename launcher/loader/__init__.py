@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from launcher.loader import bzimage, elf
+from launcher.loader.bootparams import get as bootparams_get
 from launcher.loader.bootparams import BootParams, E820Entry, E820Type, HardwareSubarch, LoadFlags
 from launcher.loader.cmdline import Cmdline
 from launcher.loader.errors import InitrdTooLarge, InitrdUnreadable, KernelUnreadable, NotAKernel
@@ -20,10 +21,27 @@ from launcher.loader.result import InitrdPlacement, KernelKind, LoadResult, Segm
 
 __all__ = [
     "BootParams", "Cmdline", "E820Entry", "E820Type", "HardwareSubarch", "InitrdPlacement", "KernelKind",
-    "LoadFlags", "LoadResult", "Segment", "load_initrd", "load_kernel", "load_kernel_bytes", "read_kernel",
+    "LoadFlags", "LoadResult", "Segment", "kernel_kind", "load_initrd", "load_kernel", "load_kernel_bytes",
+    "read_kernel",
 ]
 
 PAGE = 0x1000
+XLF_KERNEL_64 = 0x1         # setup header xloadflags (protocol 2.12+): the kernel has a 64-bit entry
+ELFCLASS64 = 2
+
+
+def kernel_kind(data: bytes, *, prefer_elf: bool = True) -> KernelKind | None:
+    """What load_kernel_bytes would load, from the headers alone (nothing decompressed);
+    None when the headers cannot tell (a bzImage older than boot protocol 2.12)."""
+    if elf.is_elf(data):
+        return KernelKind.ELF64 if data[4:5] == bytes([ELFCLASS64]) else KernelKind.ELF32
+    if not bzimage.is_bzimage(data):
+        raise NotAKernel('neither an ELF vmlinux (no "\\x7fELF") nor a bzImage (no "HdrS" at 0x202)')
+    if not prefer_elf:
+        return KernelKind.BZIMAGE
+    if len(data) < 0x238 or bootparams_get(data, "version") < 0x20C:
+        return None
+    return KernelKind.BZIMAGE_ELF64 if bootparams_get(data, "xloadflags") & XLF_KERNEL_64 else KernelKind.BZIMAGE_ELF32
 
 
 def read_kernel(path: Path) -> bytes:

@@ -10,6 +10,10 @@ class NotAKernel(LoaderError):
     """The file is neither an ELF vmlinux nor a bzImage."""
 
 
+class KernelKindUnsupported(LoaderError):
+    """The backend does not boot this kind of kernel (e.g. a 32-bit one where only 64-bit boots)."""
+
+
 class ElfMalformed(LoaderError):
     """The ELF headers could not be parsed at all."""
 

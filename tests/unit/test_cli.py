@@ -69,3 +69,35 @@ def test_stats_json_records_the_ready_marker(tiny, tmp_path, capfd):
     assert 0 < figures["ready_seconds_in_run"] <= figures["seconds_in_run"] <= figures["wall_seconds"]
     assert figures["ready_wall_seconds"] <= figures["wall_seconds"]
 
+
+
+def test_the_kvm_backend_declares_it_boots_64_bit_kernels_only():
+    from launcher.hypervisor.kvm import KvmBackend
+    from launcher.loader import KernelKind
+    assert KvmBackend.boots == {KernelKind.ELF64, KernelKind.BZIMAGE_ELF64}
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("image", ["elf32", "bzimage32"])
+def test_a_32_bit_kernel_is_refused_on_kvm_with_the_remedy(image, tmp_path, capfd):
+    # Issue 18 (5): a 32-bit kernel used to load and triple-fault at startup_32 (status 6).
+    from tests.unit.loader.images import make_bzimage
+    path = tmp_path / image
+    elf32 = g.elf(g.say(b"never\n") + g.RESET, 32)
+    path.write_bytes(elf32 if image == "elf32" else make_bzimage(elf32, version=0x20F))
+    assert cli.main(["--backend=kvm", "4", str(path)]) == 1
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert "is a 32-bit kernel; the kvm backend boots only 64-bit x86 kernels" in err
+    assert "CONFIG_64BIT=y" in err and "lguest-harness kernel config --merge" in err
+
+
+def test_a_backend_boots_what_its_layout_declares(tmp_path, capsys, monkeypatch):
+    # The fake (lguest) backend declares every kind, so the same 32-bit kernel runs there.
+    from harness.fakes.lguest_host import BOOT_ENV, register
+    register()
+    monkeypatch.setenv(BOOT_ENV, "0")
+    path = tmp_path / "vmlinux32"
+    path.write_bytes(g.elf(g.SPIN, 32))
+    assert cli.main(["--backend=fake", "--timeout=5", "8", str(path)]) == 0
+    assert "32-bit" not in capsys.readouterr().err

@@ -4,7 +4,7 @@ import struct
 import pytest
 
 from launcher.loader import errors as E
-from launcher.loader import KernelKind, load_initrd, load_kernel, load_kernel_bytes
+from launcher.loader import KernelKind, kernel_kind, load_initrd, load_kernel, load_kernel_bytes
 from launcher.loader.decompress import MAGICS
 from launcher.memory import GuestMemory
 from tests.unit.loader.images import COMPRESSORS, ET_DYN, make_bzimage, make_elf
@@ -153,3 +153,26 @@ def test_initrd_missing_or_empty(mem, tmp_path):
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(E.InitrdUnreadable, match="is empty"):
         load_initrd(mem, tmp_path / "empty", kernel_end=0)
+
+
+def _with_xloadflags(image: bytes, flags: int) -> bytes:
+    image = bytearray(image)
+    struct.pack_into("<H", image, 0x236, flags)
+    return bytes(image)
+
+
+@pytest.mark.parametrize("image,prefer_elf,kind", [
+    (make_elf(32), True, KernelKind.ELF32),
+    (make_elf(64), True, KernelKind.ELF64),
+    (_with_xloadflags(make_bzimage(make_elf(64), version=0x20F), 1), True, KernelKind.BZIMAGE_ELF64),
+    (_with_xloadflags(make_bzimage(make_elf(32), version=0x20F), 0), True, KernelKind.BZIMAGE_ELF32),
+    (make_bzimage(make_elf(64), version=0x20A), True, None),      # before 2.12 the headers cannot tell
+    (make_bzimage(make_elf(64)), False, KernelKind.BZIMAGE),
+])
+def test_kernel_kind_from_the_headers_alone(image, prefer_elf, kind):
+    assert kernel_kind(image, prefer_elf=prefer_elf) is kind
+
+
+def test_kernel_kind_of_something_else_is_not_a_kernel():
+    with pytest.raises(E.NotAKernel):
+        kernel_kind(b"#!/bin/sh\n" * 100)
