@@ -204,7 +204,9 @@ class _Booter:
 
     def restore_fresh(self, spec: GuestSpec, name: str) -> Guest:
         """A guest restored from the spec's cached snapshot (a boot where snapshots are not supported)."""
+        from harness.fakes.lguest_host import register
         from launcher.hypervisor import backend_class, default_backend
+        register()      # --guest-backend fake names the harness's backend
         if not backend_class(spec.backend or default_backend()).snapshots:
             return self.boot(spec, name)
         from harness import snapshots
