@@ -34,6 +34,8 @@ cd "$work"
 from native.kvm import ffi, lib
 assert k._module is not None, "native._kvm missing or stale: the bindings were compiled at first use"
 assert k._module.__file__.startswith(sys.prefix), k._module.__file__
+from launcher.barrier import implementation
+assert implementation() == "native", "the virtqueue fence fell back to a lock"
 print("wheel-check: KVM_CREATE_VM =", hex(lib.KVM_CREATE_VM), "from", k._module.__file__)'
 status=0
 "${clean[@]}" lguest-harness boot --backend kvm --timeout 20 8 "$work/vmlinux" > "$work/console" || status=$?

@@ -70,6 +70,9 @@ static const int LH_RUN_PAYLOAD;
 long lh_ioctl(int fd, unsigned long request, void *arg);
 long lh_ioctl_int(int fd, unsigned long request, unsigned long arg);
 
+/* A store->load fence the virtqueue's notification handshakes need (launcher.barrier). */
+void lh_full_fence(void);
+
 #define KVM_API_VERSION ...
 #define KVM_GET_API_VERSION ...
 #define KVM_CREATE_VM ...
@@ -205,6 +208,8 @@ long lh_ioctl_int(int fd, unsigned long request, unsigned long arg)
     long r = ioctl(fd, request, arg);
     return r < 0 ? -errno : r;
 }
+
+void lh_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 """
 
 # The build stamps the extension with the digest of the declarations it was built from.
