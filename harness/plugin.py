@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 from pathlib import Path
@@ -26,13 +27,14 @@ import pytest
 from _pytest.reports import TestReport
 
 from harness import disks, ktap as ktap_parser, netns
-from harness.console import Guest, GuestError, readable
+from harness.console import Guest, GuestError, GuestTimeout, readable
 from harness.launch import DEFAULT_CMDLINE, GuestSpec, boot
 from harness.preflight import initrd_problem, kernel_problem
 
 REPORT_CHARS = 20000
 _GUESTS = pytest.StashKey[list]()
 _POOL = pytest.StashKey[dict]()
+_GUEST_NUMBERS = itertools.count(1)   # every pooled guest gets its own name, replacements too
 _CHECKED = pytest.StashKey[dict]()        # (kernel, backend) -> problem or None
 _ATTACHED = pytest.StashKey[set]()        # guests whose logs an item's report already carries
 _IMAGES = pytest.StashKey[dict]()         # content hash of files=/commands= -> initramfs path
@@ -338,17 +340,23 @@ def _pooled(request, booter: _Booter, spec: GuestSpec, scope: str) -> Guest:
         request.node.stash.setdefault(_GUESTS, []).append(guest.guest)
         raise type(guest.error)(f"not booted again: it failed for {guest.nodeid}\n{guest.error}")
     if guest is None or not guest.child.isalive():
-        guest = booter.start(spec, f"guest{len(pool) + 1}")
+        first = key not in pool
+        if guest is not None:
+            guest.close()           # a dead or stopped guest is replaced, not reused
+        guest = booter.start(spec, f"guest{next(_GUEST_NUMBERS)}")
         try:
             _wait_ready(guest)
         except GuestError as err:
             pool[key] = _BootFailed(guest, err, request.node.nodeid)
             raise
         pool[key] = guest
+        if first:                   # one release per pool key, whatever replaced its guest since
 
-        def release(key=key):
-            _shutdown(pool.pop(key))
-        owner.addfinalizer(release)
+            def release(key=key):
+                shared = pool.pop(key, None)
+                if isinstance(shared, Guest):
+                    _shutdown(shared)
+            owner.addfinalizer(release)
     else:
         request.node.stash.setdefault(_GUESTS, []).append(guest)
     return guest
@@ -420,6 +428,18 @@ def pytest_runtest_makereport(item, call):
                                    (f"launcher log ({guest.name})", launcher)]
         if keep:
             _save_logs(Path(keep) / _safe(item.nodeid), guest)
+    if call.excinfo is not None and call.excinfo.errisinstance(GuestTimeout):
+        _stop_after_timeout(report, guests)
+
+
+def _stop_after_timeout(report, guests: list[Guest]) -> None:
+    """A command that timed out may still be running: a shared guest must not hand it to the
+    next test, so it is stopped (after its logs are read) and the pool boots a fresh one."""
+    for guest in guests:
+        if guest.child.isalive():
+            guest.close()
+    report.sections.append(("guest stopped", "a command timed out, so its guest was stopped; "
+                                             "the next test that shares it gets a fresh one"))
 
 
 def _safe(nodeid: str) -> str:

@@ -103,3 +103,31 @@ def test_a_guest_that_times_out_shows_the_launcher_lines_too(pytester, kernel, t
 def _file(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+def test_a_timed_out_command_does_not_poison_the_next_test_sharing_the_guest(pytester, kernel):
+    """Issue 16 (6, 7): the module's guest is stopped after a command timed out, the next test gets
+    a fresh one under a new name, and module teardown releases the pool without a KeyError."""
+    pytester.makepyfile(test_k="""
+        import pytest
+        from harness.console import GuestTimeout
+
+        NAMES = []
+
+        def test_hangs(guest):
+            NAMES.append(guest.name)
+            with pytest.raises(GuestTimeout):
+                guest.run("sleep 5", timeout=1)
+            raise GuestTimeout("propagated, as an unhandled timeout would")
+
+        def test_after(guest):
+            NAMES.append(guest.name)
+            assert guest.run("echo fresh").output == "fresh\\n"
+
+        def test_names_differ():
+            assert len(NAMES) == 2 and NAMES[0] != NAMES[1], NAMES
+    """)
+    result = pytester.runpytest_subprocess(f"--guest-kernel={kernel}", "--guest-backend=fake", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*a command timed out, so its guest was stopped*"])
+    assert "KeyError" not in result.stdout.str() and "error" not in result.stdout.lines[-1]
