@@ -34,7 +34,7 @@ from harness.preflight import initrd_problem, kernel_problem
 REPORT_CHARS = 20000
 _GUESTS = pytest.StashKey[list]()
 _POOL = pytest.StashKey[dict]()
-_GUEST_NUMBERS = itertools.count(1)   # every pooled guest gets its own name, replacements too
+_NUMBERS = pytest.StashKey[itertools.count]()    # pooled guests' names: each its own, replacements too
 _CHECKED = pytest.StashKey[dict]()        # (kernel, backend) -> problem or None
 _ATTACHED = pytest.StashKey[set]()        # guests whose logs an item's report already carries
 _IMAGES = pytest.StashKey[dict]()         # content hash of files=/commands= -> initramfs path
@@ -59,6 +59,7 @@ def pytest_configure(config):
         "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
                    "scope=, fresh=): how the `guest` fixture boots its guest")
     config.stash[_POOL] = {}
+    config.stash[_NUMBERS] = itertools.count(1)
     config.stash[_CHECKED] = {}
     config.stash[_IMAGES] = {}
     _check_options(config)
@@ -343,7 +344,7 @@ def _pooled(request, booter: _Booter, spec: GuestSpec, scope: str) -> Guest:
         first = key not in pool
         if guest is not None:
             guest.close()           # a dead or stopped guest is replaced, not reused
-        guest = booter.start(spec, f"guest{next(_GUEST_NUMBERS)}")
+        guest = booter.start(spec, f"guest{next(request.config.stash[_NUMBERS])}")
         try:
             _wait_ready(guest)
         except GuestError as err:
