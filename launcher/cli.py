@@ -87,14 +87,39 @@ def config_from_args(args) -> LaunchConfig:
         ready_marker=args.ready_marker)
 
 
-def _stderr(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+def say_to_stderr(prog: str):
+    """A command's one-line messages: "PROG: text" on stderr."""
+    return lambda text: print(f"{prog}: {text}", file=sys.stderr, flush=True)
+
+
+def command_report(prog: str, verbose: bool) -> Report:
+    """--verbose lines and always-shown lines, both on stderr under the command's name."""
+    tell = say_to_stderr(prog)
+    return Report(say=tell if verbose else Report.quiet, tell=tell)
+
+
+def one_line_errors(action, args, prog: str = PROG) -> int:
+    """Run a command; a LauncherError (or no compiler for the KVM bindings) is one line and status 1."""
+    try:
+        return action(args)
+    except (LauncherError, NativeBuildError) as exc:
+        say_to_stderr(prog)(str(exc))
+        return EXIT_LAUNCHER_ERROR
+
+
+def command_main(prog: str, help_text: str, configure_parser, run_args, argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=help_text)
+    configure_parser(parser)
+    return run_args(parser.parse_args(argv))
+
+
+_stderr = say_to_stderr(PROG)
 
 
 def boot(args, **launcher_options) -> int:
     """Parse, run one guest, report; LauncherError escapes (run() turns it into one line)."""
     config = config_from_args(args)
-    report = Report(say=_stderr if args.verbose else Report.quiet, tell=_stderr)
+    report = command_report(PROG, args.verbose)
     with Launcher(config, report=report, **launcher_options) as vm:
         stopped = vm.run()
     return report_outcome(stopped, vm, args)
@@ -129,17 +154,11 @@ def _write_stats(path: Path, stopped: Stopped, vm: Launcher) -> None:
 
 
 def run(args) -> int:
-    try:
-        return boot(args)
-    except (LauncherError, NativeBuildError) as exc:     # NativeBuildError: no compiler for the KVM bindings
-        _stderr(str(exc))
-        return EXIT_LAUNCHER_ERROR
+    return one_line_errors(boot, args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=HELP)
-    configure(parser)
-    return run(parser.parse_args(argv))
+    return command_main(PROG, HELP, configure, run, argv)
 
 
 if __name__ == "__main__":

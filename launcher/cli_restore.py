@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from native.build import NativeBuildError
 
 from launcher import cli
 from launcher.config import DEFAULT_TIMEOUT
-from launcher.errors import LauncherError
-from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR
 from launcher.launcher import Launcher
 from launcher.snapshot import DiskOverride
-from launcher.transports.bus import Report
 
 HELP = "run a guest from a snapshot directory, console on stdio as under `boot`"
 PROG = "lguest-harness restore"
@@ -48,12 +44,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="a directory written by `lguest-harness snapshot`")
 
 
-def _stderr(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+_stderr = cli.say_to_stderr(PROG)
 
 
 def restore(args) -> int:
-    report = Report(say=_stderr if args.verbose else Report.quiet, tell=_stderr)
+    report = cli.command_report(PROG, args.verbose)
     with Launcher.restore(args.directory, disks=tuple(args.disk_overrides), timeout=args.timeout,
                           report=report) as vm:
         stopped = vm.run()
@@ -61,17 +56,11 @@ def restore(args) -> int:
 
 
 def run(args) -> int:
-    try:
-        return restore(args)
-    except (LauncherError, NativeBuildError) as exc:
-        _stderr(str(exc))
-        return EXIT_LAUNCHER_ERROR
+    return cli.one_line_errors(restore, args, PROG)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=HELP)
-    configure(parser)
-    return run(parser.parse_args(argv))
+    return cli.command_main(PROG, HELP, configure, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-from native.build import NativeBuildError
 
 from launcher import cli
-from launcher.errors import LauncherError
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, Outcome
 from launcher.io.console import stdout_writer
 from launcher.launcher import Launcher
 from launcher.snapshot import SnapshotError
-from launcher.transports.bus import Report
 
 HELP = "boot a guest like `boot`, pause it once it is ready and write a snapshot to DIR"
 PROG = "lguest-harness snapshot"
@@ -45,8 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(ready_marker=DEFAULT_READY_MARKER)
 
 
-def _stderr(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+_stderr = cli.say_to_stderr(PROG)
 
 
 class Pauser:
@@ -86,7 +82,7 @@ def snapshot(args) -> int:
     directory = Path(args.directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise SnapshotError(f"snapshot {directory}: exists and is not an empty directory")
-    report = Report(say=_stderr if args.verbose else Report.quiet, tell=_stderr)
+    report = cli.command_report(PROG, args.verbose)
     pauser = Pauser(config.ready_marker or "", args.prompt, args.settle)
     out = stdout_writer()
 
@@ -117,17 +113,11 @@ def snapshot(args) -> int:
 
 
 def run(args) -> int:
-    try:
-        return snapshot(args)
-    except (LauncherError, NativeBuildError) as exc:
-        _stderr(str(exc))
-        return EXIT_LAUNCHER_ERROR
+    return cli.one_line_errors(snapshot, args, PROG)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=HELP)
-    configure(parser)
-    return run(parser.parse_args(argv))
+    return cli.command_main(PROG, HELP, configure, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from launcher import devspec as ds
 from launcher import cli as launcher_cli
 from launcher.launcher import HostSide
 from launcher.reexec import Reexec, RestartFailed, original_argv
+from launcher.transports.bus import Report
 from launcher.hypervisor.lguest import DEV_LGUEST
 from tests.unit import tiny_guests as g
 
@@ -131,7 +132,7 @@ def test_chroot_and_user_come_after_initialize(kernel, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "setresgid", lambda *ids: events.append(f"setresgid {ids}"))
     monkeypatch.setattr(os, "setresuid", lambda *ids: events.append(f"setresuid {ids}"))
     said = []
-    monkeypatch.setattr(launcher_cli, "_stderr", said.append)
+    monkeypatch.setattr(launcher_cli, "command_report", lambda prog, verbose: Report(said.append, said.append))
     host = HostSide(backends=ds.HostBackends(console=MemoryConsole))
     args = parsed(["--backend=fake", "--verbose", f"--chroot={tmp_path}", "--username=nobody", "8", str(kernel)])
     assert launcher_cli.boot(args, host=host) == 0
