@@ -38,6 +38,8 @@ MAX_MEMORY = 0xC0000000    # stay below the 32-bit PCI hole and KVM's TSS pages
 INITRD_MAX_END = 0x7FFFFFFF + 1
 PANIC_GRACE = 1.5          # seconds to keep running after a panic line, so its trace reaches the console
 WATCHDOG_TICK = 0.1
+HALT_PROBE_AFTER = 2.0     # seconds without an exit before the watchdog looks for a dead halt
+RFLAGS_IF = 1 << 9
 
 
 class KvmBackend(Backend):
@@ -101,6 +103,7 @@ class KvmBackend(Backend):
         self.ports.register(I8042_DATA, 5, I8042(self._on_reset))
         self.mmio = mmio_bus()
         self._stop: Stopped | None = None
+        self._halt_probe = False
         self._panic_deadline: float | None = None
         self._initialized = False
         self.console_broken = False
@@ -233,7 +236,7 @@ class KvmBackend(Backend):
         handlers = {
             lib.KVM_EXIT_IO: self._exit_io,
             lib.KVM_EXIT_MMIO: self._exit_mmio,
-            lib.KVM_EXIT_INTR: lambda: None,
+            lib.KVM_EXIT_INTR: self._exit_intr,
             lib.KVM_EXIT_HLT: self._exit_hlt,
             lib.KVM_EXIT_SHUTDOWN: self._exit_shutdown,
             lib.KVM_EXIT_INTERNAL_ERROR: self._exit_internal_error,
@@ -251,6 +254,18 @@ class KvmBackend(Backend):
             event = handler()
             if event is not None:
                 return self._finish(event) if isinstance(event, Stopped) else event
+
+    def _exit_intr(self):
+        """A kick: a stop request (seen by the loop), or the watchdog asking whether the vCPU
+        is halted with interrupts off, which only an NMI could end: the run ends there."""
+        if not self._halt_probe:
+            return None
+        self._halt_probe = False
+        self.vcpu.immediate_exit = 0
+        if self.irqchip and self.vcpu.mp_state() == lib.KVM_MP_STATE_HALTED \
+                and not self.vcpu.get_regs().rflags & RFLAGS_IF:
+            return Stopped(Outcome.HALTED, f"the vCPU halted with interrupts disabled at {self._where()}")
+        return None
 
     def _finish(self, event: Stopped) -> Stopped:
         if self.watcher.seen(ConsoleEvent.PANIC) and event.outcome is not Outcome.INTERRUPTED:
@@ -336,8 +351,16 @@ class KvmBackend(Backend):
         self.request_stop(Outcome.REBOOT, "the guest reset itself through the keyboard controller (0xfe to port 0x64)")
 
     def _watchdog(self, deadline: float | None, done: threading.Event) -> None:
+        exits, quiet_since = -1, time.monotonic()
         while not done.wait(WATCHDOG_TICK):
             now = time.monotonic()
+            total = sum(self.stats.exits.values())
+            if total != exits:
+                exits, quiet_since = total, now
+            elif now - quiet_since >= HALT_PROBE_AFTER:    # blocked in KVM_RUN: halted, or just idle
+                quiet_since = now
+                self._halt_probe = True
+                self.vcpu.kick()
             if self._panic_deadline is not None and now >= self._panic_deadline:
                 self.request_stop(Outcome.PANIC, self.watcher.panic_line or "Kernel panic")
                 return

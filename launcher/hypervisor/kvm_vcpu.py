@@ -50,6 +50,11 @@ class Vcpu:
         ioctl(self.fd, lib.KVM_GET_REGS, regs)
         return regs
 
+    def mp_state(self) -> int:
+        state = ffi.new("struct kvm_mp_state *")
+        ioctl(self.fd, lib.KVM_GET_MP_STATE, state)
+        return state.mp_state
+
     def set_regs(self, regs) -> None:
         ioctl(self.fd, lib.KVM_SET_REGS, regs)
 

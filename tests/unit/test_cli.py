@@ -1,4 +1,6 @@
 """`lguest-harness boot`: each bad input is one clear line and exit status 1; a tiny guest boots."""
+import time
+
 import pytest
 
 from launcher import cli
@@ -101,3 +103,21 @@ def test_a_backend_boots_what_its_layout_declares(tmp_path, capsys, monkeypatch)
     path.write_bytes(g.elf(g.SPIN, 32))
     assert cli.main(["--backend=fake", "--timeout=5", "8", str(path)]) == 0
     assert "32-bit" not in capsys.readouterr().err
+
+
+@pytest.mark.kvm
+def test_a_halt_with_interrupts_off_ends_the_run_without_waiting_for_the_timeout(tmp_path, capfd):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(g.elf(g.say(b"about to halt\n") + bytes.fromhex("fa f4") + g.SPIN))    # cli; hlt
+    started = time.monotonic()
+    assert cli.main(["--timeout=60", "4", str(path)]) == 0
+    assert time.monotonic() - started < 30
+    assert "the guest halted with interrupts off: the vCPU halted with interrupts disabled" in capfd.readouterr().err
+
+
+@pytest.mark.kvm
+def test_an_idle_halt_with_interrupts_on_is_not_the_end(tmp_path, capfd):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(g.elf(bytes.fromhex("fb f4") + g.SPIN))      # sti; hlt: idle, an interrupt may come
+    assert cli.main(["--timeout=5", "4", str(path)]) == 4
+    assert "the run timed out" in capfd.readouterr().err
