@@ -9,17 +9,22 @@ lguest device page and virtqueues.  `poweroff` powers the guest off (launcher ex
 `exit [N]` (or ^D on an empty line) ends the shell, and the guest then ends as `fake.end`
 says (default: power off).
 
-Three pieces, the first two pure (bytes and strings in, effects out; no queues, no clock):
+Four pieces, the first three pure (bytes and strings in, effects out; no queues, no clock):
 
     Terminal     a serial tty in canonical mode with ECHO, ICRNL and ONLCR: CR and LF both
                  end a line and echo as "\\r\\n"; DEL/^H erase a character, ^U the line,
                  ^C drops it (status 130), ^D on an empty line ends the shell
     Interpreter  one line -> effects: `;`, `&&` and `||` lists; words with single quotes,
                  double quotes and backslash escapes; `$?`; `#` comments; builtins echo [-n],
-                 true, false, exit [N], uname [-snrvma], cat /proc/cmdline, poweroff [-f],
-                 sleep N (at most SLEEP_MAX s); any other name is `sh: NAME: not found`, 127.
+                 true, false, exit [N], uname [-snrvma], cat [FILE...] (/proc/cmdline, files
+                 the channel put, stdin the channel gave), head -c N FILE (and /dev/zero),
+                 poweroff [-f], sleep N (at most SLEEP_MAX s), lh-garbage TEXT (TEXT past the
+                 channel's framing); any other name is `sh: NAME: not found`, 127 (on stderr).
                  Syntax it does not have (pipes, redirections, other `$` forms, subshells,
                  backquotes) is refused as a whole line with status 2, never half-run.
+    FakeAgent    lh-agent's side of the command channel (harness.channel), entered when a
+                 line is the channel's hello; `lhagent=console` on the command line makes the
+                 shell announce it (harness.initramfs.AGENT_MARKER) before the ready marker
     serve()      the glue: runs the effects on the fake guest's console queues
 
 FakeShell joins Terminal and Interpreter: feed(bytes) -> [Write, Sleep, PowerOff, Exit],
@@ -261,7 +266,7 @@ class Interpreter:
         self.status = 0
         self.files: dict[str, bytes] = {}
         self.stdin: bytes | None = None     # the running command's stdin, when the channel gave one
-        self.builtins = {"lh-garbage": self._garbage, "echo": self._echo, "true": lambda args: ([], 0), "false": lambda args: ([], 1),
+        self.builtins = {"lh-garbage": self._garbage, "head": self._head, "echo": self._echo, "true": lambda args: ([], 0), "false": lambda args: ([], 1),
                          "exit": self._exit, "uname": self._uname, "cat": self._cat,
                          "poweroff": self._poweroff, "sleep": self._sleep}
 
@@ -338,6 +343,16 @@ class Interpreter:
         if name == "/proc/cmdline":
             return (self.cmdline + "\n").encode()
         return self.files.get(name)
+
+    def _head(self, args: list[str]):
+        """head -c N FILE: the first N bytes of FILE (/dev/zero, or a file the channel put)."""
+        if len(args) != 3 or args[0] != "-c" or not args[1].isdigit():
+            return [Write(b"head: the fake shell has only head -c N FILE\n", STDERR)], 1
+        count, name = int(args[1]), args[2]
+        data = bytes(count) if name == "/dev/zero" else self.read_file(name)
+        if data is None:
+            return [Write(f"head: {name}: No such file or directory\n".encode(), STDERR)], 1
+        return [Write(data[:count])], 0
 
     @staticmethod
     def _garbage(args: list[str]):
