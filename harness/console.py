@@ -166,7 +166,7 @@ class Guest:
             return ""
 
     # -- commands ---------------------------------------------------------------------------
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = 180, channel_expected: bool = True) -> None:
         """Wait for the ready marker; then open the command channel when the guest announced its
         agent, else wait for the serial shell's prompt and use that (said once)."""
         self.expect(re.escape(READY_MARKER), timeout)
@@ -177,7 +177,7 @@ class Guest:
         self.expect(re.escape(self.prompt), 30)
         if found:
             self.open_channel(found.group(1))
-        else:
+        elif channel_expected:
             _say_fallback(self.name)
 
     def open_channel(self, where: str, timeout: float = CHANNEL_OPEN_TIMEOUT) -> None:

@@ -109,7 +109,7 @@ def boot(spec: GuestSpec, log_dir: Path, name: str | None = None, wait: bool = T
     guest = Guest(child, name=name, launcher_log=launcher_log)
     if wait:
         try:
-            guest.wait_ready(timeout=ready_timeout)
+            guest.wait_ready(timeout=ready_timeout, channel_expected=spec.agent_console() is not None)
         except BaseException:
             guest.close()
             raise

@@ -384,19 +384,19 @@ static void put_begin(uint32_t id, char *path, long plen, unsigned long long siz
 	if (!statvfs(dir, &vfs) && vfs.f_blocks && (uint64_t)vfs.f_bavail * vfs.f_frsize < size) {
 		framef('F', id, "no space for %llu bytes in %s: %llu bytes free", size, dir,
 		       (unsigned long long)vfs.f_bavail * vfs.f_frsize);
-		put_failed = 1;
+		state = IDLE;          /* refused before any data: the host sends none */
 		return;
 	}
 	if (mem != UINT64_MAX && size + PUT_RESERVE > mem) {
 		framef('F', id, "no room for %llu bytes in guest memory: %llu bytes free, %u kept in reserve",
 		       size, (unsigned long long)mem, PUT_RESERVE);
-		put_failed = 1;
+		state = IDLE;          /* refused before any data: the host sends none */
 		return;
 	}
 	put_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode & 07777);
 	if (put_fd < 0) {
 		framef('F', id, "%s: %s", path, strerror(errno));
-		put_failed = 1;
+		state = IDLE;          /* refused before any data: the host sends none */
 		return;
 	}
 	fchmod(put_fd, mode & 07777);

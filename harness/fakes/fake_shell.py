@@ -477,10 +477,10 @@ class FakeAgent:
     def _put_begin(self, ident: int, path: str, size: int) -> list:
         free = FREE_MEMORY - self._used() + len(self.interpreter.files.get(path, b""))
         if size > free:
-            self.put = {"id": ident, "failed": True}
+            self.put = None             # refused before any data: the host sends none
             return [self.frame("F", ident, f"no room for {size} bytes in guest memory: {free} bytes free".encode())]
         if path.endswith("/") or path.startswith("/proc/"):
-            self.put = {"id": ident, "failed": True}
+            self.put = None
             return [self.frame("F", ident, f"{path}: Is a directory or not writable".encode())]
         self.put = {"id": ident, "path": path, "size": size, "data": bytearray(), "failed": False}
         return [self.frame("A", ident)]
