@@ -3,6 +3,11 @@
 Guest kernel code is emulated on kvm_pvm hosts (a fork+exec costs ~1 s), so /init
 does as little as it can: one `mount -a`, the ready marker, a shell.  The image is
 uncompressed because gunzip inside such a guest costs tens of seconds.
+
+When the kernel command line says `lhagent=hvc0` (an unknown parameter, so the kernel hands it
+to /init as the environment variable lhagent) and the guest has /dev/hvc0, /init starts
+lh-agent there (harness.channel: the command channel) and says so on the console before the
+ready marker; Guest then talks to the agent, and the serial console keeps the kernel log.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from pathlib import Path
 from harness.cpio import CpioWriter
 
 READY_MARKER = "lguest-harness: ready"
+AGENT_MARKER = "lguest-harness: agent on "      # + the console: hvc0 (kvm), console (fake)
+AGENT_PARAM = "lhagent"
 PROMPT = "# "
 BUSYBOX = Path("/bin/busybox")
 
@@ -32,6 +39,8 @@ def default_init(commands: list[str] | tuple[str, ...] = ()) -> str:
         "export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root",
         "/bin/busybox mount -a",  # by path: applets run through /proc/self/exe, not there yet
         *commands,
+        f'if [ "${AGENT_PARAM}" = hvc0 ] && [ -c /dev/hvc0 ]; then'
+        f' /bin/lh-agent /dev/hvc0 & echo "{AGENT_MARKER}hvc0"; fi',
         f'echo "{READY_MARKER}"',
         f"exec setsid cttyhack env PS1='{PROMPT}' sh",
     ]
@@ -51,14 +60,15 @@ def _data(content) -> bytes:
 
 
 def build_initramfs(dest: Path, *, extra_files: dict | None = None, init_script: str | None = None,
-                    commands: tuple[str, ...] = ()) -> Path:
+                    commands: tuple[str, ...] = (), agent: bool = True) -> Path:
     """Write the initramfs to dest and return dest.
 
     Busybox applets are run from the shell without links, through /proc/self/exe: a custom
     init_script must mount /proc first, by path (`/bin/busybox mount -t proc proc /proc`).
     extra_files maps a guest path to bytes, str or a host Path (copied with mode 0755
     when the host file is executable).  init_script replaces /init entirely;
-    commands are shell lines the default /init runs before the ready marker.
+    commands are shell lines the default /init runs before the ready marker.  agent puts
+    lh-agent in /bin (the default /init starts it when the command line asks).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +86,9 @@ def build_initramfs(dest: Path, *, extra_files: dict | None = None, init_script:
         cpio.file("etc/fstab", FSTAB.encode())
         cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
         cpio.file("etc/group", b"root:x:0:\n")
+        if agent:
+            from harness.agent import GUEST_PATH, ensure_agent
+            cpio.file(GUEST_PATH, ensure_agent().read_bytes(), perm=0o755)
         cpio.file("init", (init_script or default_init(commands)).encode(), perm=0o755)
         for guest_path, content in (extra_files or {}).items():
             executable = isinstance(content, Path) and content.stat().st_mode & 0o111

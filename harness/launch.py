@@ -7,6 +7,12 @@ On backend "fake" the guest is harness.fakes.lguest_host's scripted guest, boote
 the real loader with the same kernel (the recipe vmlinux loads like any other; the fake
 guest never runs its code) and initramfs; `fake.shell` on its command line gives it the
 tiny shell (harness.fakes.fake_shell) that prints READY_MARKER and answers Guest.run.
+
+With `channel` (the default) the guest gets the command channel (harness.channel): on kvm the
+launcher puts hvc0 on a pty (--hvc=pty) and `lhagent=hvc0` tells /init to start lh-agent there;
+on the fake backend `lhagent=console` makes the fake shell announce the same protocol on its
+console.  Guest.wait_ready then opens the channel.  The lguest backend has only its virtio
+console (no 8250 beside it): there, and with channel=False, Guest.run types on the console.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from pathlib import Path
 import pexpect
 
 from harness.console import Guest
+from harness.initramfs import AGENT_PARAM
 
 DEFAULT_CMDLINE = ("console=ttyS0", "panic=-1", "quiet")
 FAKE_SHELL = "fake.shell"       # the fake guest's shell (harness.fakes.fake_shell)
@@ -42,6 +49,7 @@ class GuestSpec:
     extra_args: tuple[str, ...] = ()
     netns: str | None = None          # run the launcher inside this network namespace
     timeout: float = 900.0
+    channel: bool = True              # commands over the virtio console (harness.channel)
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "harness.cli", "boot", "--verbose", "--timeout", f"{self.timeout:g}"]
@@ -52,16 +60,28 @@ class GuestSpec:
         argv += [f"--block={b}" for b in self.block]
         argv += [f"--tunnet={n}" for n in self.net]
         argv += ["--rng"] if self.rng else []
+        argv += ["--hvc=pty"] if self.agent_console() == "hvc0" else []
         argv += [*self.extra_args, str(self.mem), str(self.kernel), *self.kernel_args()]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
 
     def kernel_args(self) -> tuple[str, ...]:
-        """The guest's command line: cmdline, plus fake.shell on the fake backend."""
-        if self.backend == "fake" and FAKE_SHELL not in self.cmdline:
-            return (*self.cmdline, FAKE_SHELL)
-        return self.cmdline
+        """The guest's command line: cmdline, plus fake.shell on the fake backend, plus where
+        the command channel's agent goes."""
+        args = self.cmdline
+        where = self.agent_console()
+        if where and not any(a.startswith(f"{AGENT_PARAM}=") for a in args):
+            args = (*args, f"{AGENT_PARAM}={where}")
+        if self.backend == "fake" and FAKE_SHELL not in args:
+            args = (*args, FAKE_SHELL)
+        return args
+
+    def agent_console(self) -> str | None:
+        """Where the channel's agent runs: hvc0 (kvm), console (fake), or None (no channel)."""
+        if not self.channel:
+            return None
+        return {None: "hvc0", "kvm": "hvc0", "fake": "console"}.get(self.backend)
 
 
 def _guest_bytes_unchanged() -> None:
@@ -89,7 +109,7 @@ def boot(spec: GuestSpec, log_dir: Path, name: str | None = None, wait: bool = T
     guest = Guest(child, name=name, launcher_log=launcher_log)
     if wait:
         try:
-            guest.wait_ready(timeout=ready_timeout)
+            guest.wait_ready(timeout=ready_timeout, channel_expected=spec.agent_console() is not None)
         except BaseException:
             guest.close()
             raise

@@ -1,6 +1,6 @@
 """`lguest-harness bench WHAT`: benchmarks that print figures (never timed tests).
 
-One module per benchmark (blk, boot, net, restore, vring), each with main(args); runner holds what
+One module per benchmark (blk, boot, console, net, restore, vring), each with main(args); runner holds what
 the guest benchmarks (blk, net) share: booting a recipe guest and reading the launcher's CPU.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ HELP = "run a benchmark and print its figures"
 BENCHMARKS = {
     "blk": "harness.bench.blk",
     "boot": "harness.bench.boot",
+    "console": "harness.bench.console",
     "net": "harness.bench.net",
     "restore": "harness.bench.restore",
     "vring": "harness.bench.vring",
@@ -21,6 +22,9 @@ BENCHMARKS = {
 def configure(parser) -> None:
     parser.add_argument("what", choices=sorted(BENCHMARKS), help="which benchmark")
     parser.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--mib", type=int, default=None, help="console: MiB of stdout, put and get (default 16)")
+    parser.add_argument("--backend", action="append", choices=("fake", "kvm"),
+                        help="console: only this backend (repeatable; default both)")
 
 
 def run(args) -> int:

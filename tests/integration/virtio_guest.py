@@ -12,6 +12,8 @@ to one guest, booted on first use and torn down when the pytest session ends:
     virtio6  block    /dev/vdd  read-only (--block-ro)
 
 The launcher runs inside the namespace (ip netns exec), so the tap and every packet stay in it.
+hvc0 is the console tests' own, so this guest has no command channel (harness.channel): its
+commands are typed on the serial console.
 """
 from __future__ import annotations
 
@@ -148,7 +150,8 @@ def _boot(workdir: Path, kernel) -> VirtioGuest:
             cmdline=("console=ttyS0", "panic=-1", "quiet",
                      f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off"),
             block=(str(rw), str(ext4), str(shrink)), net=(f"{HOST_IP}/{PREFIX}",), rng=True,
-            extra_args=(f"--block-ro={ro}",), netns=ns, timeout=3600)
+            extra_args=(f"--block-ro={ro}",), netns=ns, timeout=3600,
+            channel=False)      # test_virtio_console drives hvc0 itself: no lh-agent on it, commands typed
         guest = boot(spec, workdir, name="virtio", ready_timeout=READY_TIMEOUT)
     except BaseException:
         subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -283,7 +283,7 @@ def test_console_api_on_the_fake_backend(booted):
     assert guest.run("true").ok
     assert guest.run("echo one; echo 'two  words'").output == "one\ntwo  words\n"
     assert guest.run("nosuch").status == 127
-    assert guest.run("cat /proc/cmdline").output == "console=ttyS0 fake.shell\n"
+    assert guest.run("cat /proc/cmdline").output == "console=ttyS0 lhagent=console fake.shell\n"
     long = "x" * 1000                                  # several receive buffers of 256 bytes
     assert guest.run(f"echo {long}").output == long + "\n"
     assert guest.poweroff() == 0
@@ -293,14 +293,14 @@ def test_console_api_on_the_fake_backend(booted):
 
 
 def test_console_output_is_byte_exact(booted):
-    guest = booted()
+    guest = booted(channel=False)       # the typed console itself, not the command channel
     guest.sendline("echo a")
     guest.expect("echo a\r\na\r\n# ", timeout=10)    # no "\r\r\n": the pty does no output processing
     assert guest.poweroff() == 0
 
 
 def test_exit_ends_the_shell_as_fake_end_says(booted):
-    guest = booted("fake.end=panic", "fake.reason=init_exited")
+    guest = booted("fake.end=panic", "fake.reason=init_exited", channel=False)    # the typed shell's exit
     guest.sendline("exit 3")
     assert guest.wait_exit(timeout=20) == 3
     assert "Kernel panic - not syncing: init exited" in guest.launcher_log
