@@ -43,7 +43,8 @@ def run(args) -> int:
         print(f"lguest-harness demo: {err}", file=sys.stderr)
         return 1
     initrd = args.initrd or build_initramfs(cache_root() / "demo" / "initramfs.cpio")
-    spec = GuestSpec(kernel=kernel, initrd=initrd, mem=args.mem, backend=args.backend)
+    # A shell for a person: the console itself, not the command channel's agent.
+    spec = GuestSpec(kernel=kernel, initrd=initrd, mem=args.mem, backend=args.backend, channel=False)
     if sys.stdin.isatty():
         argv = [a for a in spec.argv() if a != "--verbose"]
         print("lguest-harness demo: booting; type `poweroff -f` in the guest to end", flush=True)
