@@ -139,7 +139,9 @@ def l1_init(module_names: list[str], workdir: str, command: list[str], env: dict
         "mount -t devtmpfs dev /newroot/dev; mkdir -p /newroot/dev/pts",
         "mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts",
         "ln -sf pts/ptmx /newroot/dev/ptmx",
-        "for d in tmp run var/tmp; do mount -t tmpfs tmpfs /newroot/$d; done",
+        # /run fresh (the host's sockets and netns mounts mean nothing here); /tmp stays the
+        # overlay's (writes land in tmpfs anyway), so a checkout under /tmp is still there.
+        "mount -t tmpfs tmpfs /newroot/run",
         "echo \"nested: /dev/kvm is $(ls /sys/module | grep -E '^kvm_(amd|intel|pvm)$' | tr '\\n' ' ')\"",
         f"chroot /newroot /bin/sh -c {shlex.quote(job)}",
         f'echo "{EXIT_LINE}$?"',
