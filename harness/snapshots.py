@@ -53,8 +53,10 @@ def take(spec: GuestSpec, directory: Path, log_dir: Path, timeout: float = SNAPS
 
 
 def spec_key(spec: GuestSpec) -> str:
-    """The cache key: the kernel's and initramfs's contents and every other option."""
-    digest = hashlib.sha256()
+    """The cache key: the kernel's and initramfs's contents, every other option, and the kind of
+    KVM host (a snapshot restores only where it was taken: same host kind and TSC rate)."""
+    from launcher.hostquirks import detect_host
+    digest = hashlib.sha256(f"{detect_host().value}\0{_cpu_model()}\0".encode())
     for path in (spec.kernel, spec.initrd):
         digest.update(_file_digest(Path(path)).encode() if path else b"-")
     digest.update(repr((spec.mem, spec.cmdline, spec.backend, spec.block, spec.net, spec.rng,
@@ -68,6 +70,14 @@ def _file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _cpu_model() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "?"
+    return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
 
 
 def cached(spec: GuestSpec, log_dir: Path, cache: Path = CACHE) -> Path:
