@@ -22,6 +22,7 @@ import pexpect
 
 from harness.console import Guest
 from harness.launch import GuestSpec, _guest_bytes_unchanged
+from launcher.snapshot import file_sha256
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lguest-harness" / "snapshots"
 SNAPSHOT_TIMEOUT = 900.0
@@ -58,18 +59,10 @@ def spec_key(spec: GuestSpec) -> str:
     from launcher.hostquirks import detect_host
     digest = hashlib.sha256(f"{detect_host().value}\0{_cpu_model()}\0".encode())
     for path in (spec.kernel, spec.initrd):
-        digest.update(_file_digest(Path(path)).encode() if path else b"-")
+        digest.update(file_sha256(Path(path)).encode() if path else b"-")
     digest.update(repr((spec.mem, spec.cmdline, spec.backend, spec.block, spec.net, spec.rng,
                         spec.extra_args, spec.netns)).encode())
     return digest.hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cpu_model() -> str:

@@ -229,12 +229,7 @@ def run_mmio_op(op, kind, dev, host, t, memory, rings: dict) -> None:
         except DriverError:
             pass
     elif name == "good":
-        ring = rings.get(op[1])
-        if ring is not None and ring.num_free >= 3:
-            readable, writable = good_chain(kind, dev, op[1])
-            with contextlib.suppress(DriverError):
-                ring.add(readable, writable)
-                ring.kick() if op[2] else ring.publish()
+        _post_good_chain(rings, kind, dev, op)
     elif name == "write":
         _, offset, size, value = op
         t.write(offset, size, value)
@@ -384,12 +379,7 @@ def run_lguest_op(op, kind, dev, host, page, entry, memory, rings: dict) -> None
         if op[1] < len(entry.queues):
             assert page.notify(entry.queues[op[1]].addr)
     elif name == "good":
-        ring = rings.get(op[1])
-        if ring is not None and ring.num_free >= 3:
-            readable, writable = good_chain(kind, dev, op[1])
-            with contextlib.suppress(DriverError):
-                ring.add(readable, writable)
-                ring.kick() if op[2] else ring.publish()
+        _post_good_chain(rings, kind, dev, op)
     elif name == "page":
         # The guest may scribble over the whole page, our lengths and pfns included.
         memory.write(page.page_addr + op[1], op[2])
@@ -449,3 +439,13 @@ def test_hostile_lguest_guest(kind, ops):
     finally:
         dev.close()
         memory.close()
+
+
+def _post_good_chain(rings, kind, dev, op) -> None:
+    """A well-formed request on queue op[1], kicked (op[2]) or only published."""
+    ring = rings.get(op[1])
+    if ring is not None and ring.num_free >= 3:
+        readable, writable = good_chain(kind, dev, op[1])
+        with contextlib.suppress(DriverError):
+            ring.add(readable, writable)
+            ring.kick() if op[2] else ring.publish()
