@@ -65,8 +65,9 @@ def test_a_launcher_that_exits_explains_itself_everywhere(pytester, tmp_path):
     too_big = _file(tmp_path / "vmlinux", g.make_elf(64, [(0x1000000, b"\x90", 0x1000)], entry=0x1000000))
     pytester.makepyfile(test_k=SHARED_GUEST_TESTS)
     junit, keep = tmp_path / "junit.xml", tmp_path / "kept"
+    # -rN: no short summary, whose lines pytest leaves untruncated (and so counted twice) under CI=true
     result = pytester.runpytest(f"--guest-kernel={too_big}", "--guest-backend=fake", "--guest-mem=8",
-                                f"--junitxml={junit}", f"--guest-keep-logs={keep}")
+                                f"--junitxml={junit}", f"--guest-keep-logs={keep}", "-rN")
     result.assert_outcomes(errors=2)
     cause = "segment 0 at p_paddr 0x1000000+0x1000 does not fit in guest memory"
     result.stdout.fnmatch_lines([
