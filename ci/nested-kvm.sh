@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 mkdir -p ci-artifacts
-exec "$PY" -m harness.nested --log ci-artifacts/nested-l1-console.log -- \
+exec "$PY" -m harness.nested --timeout 2100 --log ci-artifacts/nested-l1-console.log -- \
   "$PY" -m pytest tests/integration -q -p no:cacheprovider --color=no "$@"

@@ -193,13 +193,23 @@ def run_nested(command: list[str], *, log_path: Path, timeout: float, cpus: int 
             subprocess.run(qemu_argv(vmlinuz, initrd, cpus=cpus, mem_mb=mem_mb), stdin=subprocess.DEVNULL,
                            stdout=console, stderr=subprocess.STDOUT, timeout=timeout)
         except subprocess.TimeoutExpired:
+            _show_tail(log_path, log)
             raise NestedError(f"L1 did not finish within {timeout:g} s (console: {log_path})") from None
     initrd.unlink(missing_ok=True)
     found = EXIT_PATTERN.findall(log_path.read_bytes())
+    if not found or int(found[-1]):
+        _show_tail(log_path, log)
     if not found:
         raise NestedError(f"L1 ended without reporting the command's exit status (console: {log_path})")
     log(f"nested: L1 ran {time.monotonic() - started:.0f} s, the command exited {int(found[-1])}")
     return int(found[-1])
+
+
+def _show_tail(log_path: Path, log, lines: int = 80) -> None:
+    """L1's last console lines (its kernel's emulated-CPU chatter left out): the failure's report."""
+    text = log_path.read_bytes().decode("utf-8", "replace").splitlines()
+    kept = [line for line in text if "Unhandled WRMSR" not in line and "TCG doesn't support" not in line]
+    log("nested: the end of L1's console:\n" + "\n".join(kept[-lines:]))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
