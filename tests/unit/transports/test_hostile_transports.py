@@ -280,10 +280,7 @@ def run_mmio_op(op, kind, dev, host, t, memory, rings: dict) -> None:
         if op[-1]:
             t.write(MmioReg.QUEUE_NOTIFY, 4, op[1])
     elif name == "inject":
-        if kind == "net":
-            host.inject(bytes(12) + b"\xff" * 6 + bytes(54))
-        elif kind == "console":
-            dev.backend.feed(b"typed\n")
+        _inject_host_input(kind, dev, host, hdr_size=12)       # virtio 1.x net header
     elif name == "wait":
         time.sleep(0.001)
     assert _ring_inside_ram(memory, t)
@@ -399,10 +396,7 @@ def run_lguest_op(op, kind, dev, host, page, entry, memory, rings: dict) -> None
         if op[-1]:
             page.notify(entry.queues[op[1]].addr)
     elif name == "inject":
-        if kind == "net":
-            host.inject(bytes(10) + b"\xff" * 6 + bytes(54))
-        elif kind == "console":
-            dev.backend.feed(b"typed\n")
+        _inject_host_input(kind, dev, host, hdr_size=10)       # legacy net header (lguest)
     elif name == "wait":
         time.sleep(0.001)
 
@@ -449,3 +443,11 @@ def _post_good_chain(rings, kind, dev, op) -> None:
         with contextlib.suppress(DriverError):
             ring.add(readable, writable)
             ring.kick() if op[2] else ring.publish()
+
+
+def _inject_host_input(kind, dev, host, *, hdr_size: int) -> None:
+    """Traffic from the host side: a broadcast frame for net, typed bytes for the console."""
+    if kind == "net":
+        host.inject(bytes(hdr_size) + b"\xff" * 6 + bytes(54))
+    elif kind == "console":
+        dev.backend.feed(b"typed\n")
