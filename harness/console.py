@@ -18,7 +18,9 @@ import io
 import os
 import re
 import secrets
+import signal
 import termios
+import time
 import tty
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from harness.initramfs import AGENT_MARKER, PROMPT, READY_MARKER
 
 TAIL_CHARS = 2000
 LAUNCHER_TAIL_LINES = 8
+STATE_DUMP = "launcher state dump:"   # launcher.launcher.Launcher.describe_state()
 
 
 class GuestError(AssertionError):
@@ -263,6 +266,22 @@ class Guest:
         self._reap()
         self._close_channel()
 
+    def state_dump(self, timeout: float = 3.0) -> str:
+        """The launcher's state dump (SIGQUIT: where the vCPU is, every virtqueue's indices and
+        service thread), for an error about a guest that stopped answering; "" if none came."""
+        if not self.child.isalive() or self.launcher_log_path is None:
+            return ""
+        before = self.launcher_log.count(STATE_DUMP)
+        os.kill(self.child.pid, signal.SIGQUIT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.launcher_log.count(STATE_DUMP) > before:
+                time.sleep(0.2)     # written as one block, but maybe in more than one write()
+                dump = self.launcher_log.rsplit(STATE_DUMP, 1)[1]
+                return f"\n--- {STATE_DUMP} ---" + dump.rstrip()
+            time.sleep(0.05)
+        return ""
+
     # -- internals ---------------------------------------------------------------------------
     def _reap(self) -> int | None:
         if self.exit_status is None and not self.child.isalive():
@@ -341,6 +360,8 @@ class _ChannelErrors:
         cls = next((v for k, v in kinds.items() if isinstance(err, k)), GuestError)
         if isinstance(err, ch.ChannelClosed):
             detail += " -- the guest is declared dead"
+        if isinstance(err, (ch.ChannelTimeout, ch.ChannelClosed)):
+            detail += guest.state_dump()
         raise guest._failure(cls, f"{self.what}: {detail}") from err
 
 

@@ -246,6 +246,7 @@ class Launcher:
             deadline = time.monotonic() + self.config.time_limit
         stdin = self._terminal_input()
         previous = self._catch_sigterm()
+        dump = self._dump_state_on_sigquit()
         try:
             event = self.backend.run(deadline)
             while isinstance(event, Notify):
@@ -258,6 +259,8 @@ class Launcher:
                 stdin.restore()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if dump is not None:
+                signal.signal(signal.SIGQUIT, dump)
         self._reboot_pending = event.outcome is Outcome.REBOOT and self.backend_class.reboot is RebootPolicy.REEXEC
         return event
 
@@ -275,6 +278,20 @@ class Launcher:
         if threading.current_thread() is not threading.main_thread():
             return None
         return signal.signal(signal.SIGTERM, lambda *_: self.backend.request_stop(Outcome.INTERRUPTED, "SIGTERM"))
+
+    def _dump_state_on_sigquit(self):
+        """SIGQUIT writes the state dump to stderr and the guest runs on (a JVM's thread dump):
+        what a harness asks for when a guest stops answering."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGQUIT, lambda *_: self.report.tell("\n".join(self.describe_state())))
+
+    def describe_state(self) -> list[str]:
+        """The vCPUs and every device's queues, as they are now (see SIGQUIT)."""
+        lines = ["launcher state dump:", *self.backend.describe_vcpus()]
+        for device in self.devices:
+            lines += device.describe_state()
+        return lines
 
     # -- the guest's console, as the caller sees it ---------------------------------------------------------
     def console_out(self, data: bytes) -> None:

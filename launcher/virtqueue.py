@@ -605,6 +605,21 @@ class SplitVirtqueue:
     def notifications_suppressed(self) -> bool:
         return not self._notify_enabled
 
+    def describe(self) -> str:
+        """Both sides' indices as guest memory holds them now: what a stalled queue is waiting for.
+
+        A read-only look from any thread (a state dump); it may race with the service thread."""
+        avail_idx, avail_flags = (_U16.unpack_from(self._avail, off)[0] for off in (_AVAIL_IDX, _AVAIL_FLAGS))
+        used_idx, used_flags = (_U16.unpack_from(self._used, off)[0] for off in (_USED_IDX, _USED_FLAGS))
+        text = (f"avail idx {avail_idx} flags {avail_flags:#x}, last_avail_idx {self.last_avail_idx}; "
+                f"used idx {used_idx} (ours {self._used_idx}) flags {used_flags:#x}, "
+                f"signalled at {self._signalled_used}, {self._pending_used} pushed since")
+        if self.event_idx:
+            used_event = _U16.unpack_from(self._avail, self._used_event_off)[0]
+            avail_event = _U16.unpack_from(self._used, self._avail_event_off)[0]
+            text += f"; used_event {used_event}, avail_event {avail_event}"
+        return text + ("" if self._notify_enabled else "; kicks suppressed")
+
     # -- life cycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Release the ring views so the guest memory can be closed."""

@@ -69,6 +69,8 @@ def a_command_that_never_ends_times_out(guest, tmp_path: Path) -> None:
         guest.run("echo started; sleep 10", timeout=2)
     message = str(err.value)
     assert "timed out after 2 s" in message and "console tail" in message and "started" in message
+    # the launcher's state dump: where the vCPU was and what every virtqueue was waiting for
+    assert "launcher state dump" in message and "transmitq" in message and "avail idx" in message
     assert guest.run("echo alive").stdout == "alive\n"
 
 

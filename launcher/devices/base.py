@@ -161,6 +161,7 @@ class Runner(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
+    def describe(self, index: int) -> str: ...
 
 
 class NullTrigger:
@@ -544,6 +545,19 @@ class VirtioDevice:
 
     def close_backend(self) -> None:
         pass
+
+    def describe_state(self) -> list[str]:
+        """Status, features and every queue's indices and service thread: a state dump's lines."""
+        lines = [f"{self.name}: status {self.status:#04x}, features {self.accepted:#x} of {self.offered:#x}, "
+                 f"{'active' if self.active else 'inactive'}"]
+        for index, slot in enumerate(self.queues):
+            if slot.vq is None:
+                lines.append(f"  {slot.name}: not set up")
+                continue
+            extra = (", broken" if slot.broken else "") + (", a chain held for host input" if slot.held else "")
+            runner = self.runner.describe(index) if self.runner is not None else "no service thread"
+            lines.append(f"  {slot.name} (size {slot.size}{extra}; {runner}): {slot.vq.describe()}")
+        return lines
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(status={self.status:#04x}, offered={self.offered:#x}, "

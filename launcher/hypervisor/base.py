@@ -150,6 +150,11 @@ class Backend(abc.ABC):
     def request_stop(self, outcome: Outcome, detail: str = "") -> None:
         """From any thread: make run() return Stopped(outcome) promptly."""
 
+    def describe_vcpus(self) -> list[str]:
+        """Where each vCPU is, for a state dump; called on the thread that runs the vCPU,
+        between two runs (a signal handler there)."""
+        return []
+
     # -- snapshots (optional: a backend that cannot says so) -----------------------------------
     snapshots: ClassVar[bool] = False           # save_state/restore_state work
 

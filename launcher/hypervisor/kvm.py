@@ -321,6 +321,13 @@ class KvmBackend(Backend):
     def _unexpected(self, reason: int):
         return Stopped(Outcome.GUEST_CRASH, f"unexpected {kvm_exits.exit_name(reason)} at {self._where()}")
 
+    def describe_vcpus(self) -> list[str]:
+        if not self._initialized:
+            return ["vCPU 0: not started"]
+        flags = self.vcpu.get_regs().rflags
+        return [f"vCPU 0: at {self._where()}, interrupts {'on' if flags & RFLAGS_IF else 'off'}, "
+                f"mp_state {self.vcpu.mp_state()}"]
+
     def _rip(self) -> int:
         return self.vcpu.get_regs().rip
 

@@ -57,6 +57,16 @@ class QueueWorkers:
     def threads(self) -> list[threading.Thread]:
         return [t for t in self._threads if t.is_alive()]
 
+    def describe(self, index: int) -> str:
+        """Whether queue `index`'s thread is alive and whether a kick is waiting for it."""
+        if self.closed:
+            return "service closed"
+        alive = any(t.name.endswith(self.device.queues[index].name) and t.is_alive() for t in self._threads)
+        poller = select.poll()
+        poller.register(self._kick[index], select.POLLIN)
+        kicked = bool(poller.poll(0))
+        return f"thread {'running' if alive else 'not running'}, {'a kick pending' if kicked else 'no kick pending'}"
+
     def fds(self) -> list[int]:
         return [] if self.closed else [*self._kick, self._stop]
 

@@ -36,6 +36,13 @@ def test_channel_case(guest, tmp_path, case):
     case(guest, tmp_path)
 
 
+def test_a_state_dump_shows_every_queue_and_the_guest_runs_on(guest):
+    dump = guest.state_dump()
+    assert "console: status 0x" in dump and "receiveq" in dump and "transmitq" in dump
+    assert "last_avail_idx" in dump and "thread running" in dump
+    assert guest.run("echo alive").stdout == "alive\n"
+
+
 def test_garbage_from_the_guest(guest, tmp_path):
     cases.garbage_from_the_guest_is_a_protocol_error(guest, tmp_path, "lh-garbage junk-on-the-console")
 
