@@ -26,6 +26,7 @@ Index arithmetic is modulo 2^16 throughout (2.7.6, 2.7.8: idx "wraps naturally")
 from __future__ import annotations
 
 import struct
+import sys
 from enum import IntFlag
 
 from launcher.barrier import full_fence
@@ -85,12 +86,17 @@ MAX_CHAIN_BYTES = 1 << 32       # 2.7.5.2: no chain longer than 2^32 bytes in to
 DESC = struct.Struct("<QIHH")   # struct virtq_desc: le64 addr, le32 len, le16 flags, le16 next
 DESC_SIZE = DESC.size           # 16
 USED_ELEM = struct.Struct("<II")  # struct virtq_used_elem: le32 id, le32 len
-_U16 = struct.Struct("<H")
-_U16X2 = struct.Struct("<HH")   # flags, idx at the start of both rings
+_USED_RING = 4                  # byte offset of the used ring's elements (2.7.8)
 
-# Offsets inside the rings (2.7.6, 2.7.8).
-_AVAIL_FLAGS, _AVAIL_IDX, _AVAIL_RING = 0, 2, 4
-_USED_FLAGS, _USED_IDX, _USED_RING = 0, 2, 4
+# The rings' le16 fields as indices of a memoryview cast to "H".  The driver reads and writes
+# them while we do, so each access must be ONE 16-bit load or store.  struct.pack_into is not:
+# it zeroes its destination before packing, so a used->idx published with it read 0 for an
+# instant, and a driver spinning on it took a stale used element ("output:id 0 is not a head!",
+# seen on ordinary KVM: the console's transmitq broke and the guest spun in put_chars with
+# interrupts off).  A memoryview of format "H" stores and loads a whole native u16, and the
+# native order is virtio's little-endian on the hosts KVM and lguest run on.
+_FLAGS16, _IDX16, _RING16 = 0, 1, 2
+assert sys.byteorder == "little", "the virtqueue's 16-bit ring fields are accessed in native order"
 
 # 2.7, table "Virtqueue Part / Alignment": descriptor table 16, available ring 2, used ring 4.
 DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN = 16, 2, 4
@@ -382,8 +388,9 @@ class SplitVirtqueue:
         for ring in rings:      # all checks before any view, so a refusal leaves no export behind
             _check_ring(memory, *ring)
         self._desc, self._avail, self._used = (memory.view(addr, length) for _, addr, length, _ in rings)
-        self._used_event_off = _AVAIL_RING + 2 * size
-        self._avail_event_off = _USED_RING + USED_ELEM.size * size
+        self._avail16, self._used16 = self._avail.cast("H"), self._used.cast("H")
+        self._used_event16 = _RING16 + size                         # avail->ring[size]
+        self._avail_event16 = (_USED_RING + USED_ELEM.size * size) // 2   # after used->ring[size]
         self.last_avail_idx = 0     # next available ring entry we will read
         self._used_idx = 0          # next used ring entry we will write; ours, never read back
         self._signalled_used = 0    # used idx when we last decided about an interrupt
@@ -395,9 +402,9 @@ class SplitVirtqueue:
         self.fence = full_fence
         # The device owns the used ring's flags and avail_event: start them in a known state
         # (used->idx is left alone; set_indices publishes it when resuming mid-stream).
-        _U16.pack_into(self._used, _USED_FLAGS, 0)
+        self._used16[_FLAGS16] = 0
         if self.event_idx:
-            _U16.pack_into(self._used, self._avail_event_off, 0)
+            self._used16[self._avail_event16] = 0
 
     @classmethod
     def legacy(cls, memory: GuestMemory, size: int, base_addr: int, align: int = 4096,
@@ -420,14 +427,14 @@ class SplitVirtqueue:
         self.last_avail_idx = last_avail_idx & 0xFFFF
         self._used_idx = self._signalled_used = used_idx & 0xFFFF
         self._pending_used = 0
-        _U16.pack_into(self._used, _USED_IDX, self._used_idx)
+        self._used16[_IDX16] = self._used_idx
         if self.event_idx:
             self.suppress_notifications(not self._notify_enabled)
 
     # -- driver -> device ---------------------------------------------------------------------
     def _avail_pending(self) -> int:
         """Entries published and not yet popped; refuses a jump past the queue size (2.7.6)."""
-        avail_idx = _U16.unpack_from(self._avail, _AVAIL_IDX)[0]
+        avail_idx = self._avail16[_IDX16]
         pending = (avail_idx - self.last_avail_idx) & 0xFFFF
         if pending > self.size:
             raise AvailIndexJump(self.last_avail_idx, avail_idx, self.size)
@@ -444,18 +451,18 @@ class SplitVirtqueue:
         """
         # _avail_pending() inlined: this is the hot path.
         last = self.last_avail_idx
-        avail_idx = _U16.unpack_from(self._avail, _AVAIL_IDX)[0]
+        avail_idx = self._avail16[_IDX16]
         pending = (avail_idx - last) & 0xFFFF
         if not pending:
             return None
         if pending > self.size:
             raise AvailIndexJump(last, avail_idx, self.size)
         pos = last & self._mask
-        head = _U16.unpack_from(self._avail, _AVAIL_RING + 2 * pos)[0]
+        head = self._avail16[_RING16 + pos]
         last = self.last_avail_idx = (last + 1) & 0xFFFF
         if self.event_idx and self._notify_enabled:
             # 2.7.10: ask for a kick only once the driver publishes past what we have seen.
-            _U16.pack_into(self._used, self._avail_event_off, last)
+            self._used16[self._avail_event16] = last
         if head >= self.size:
             raise HeadIndexOutOfRange(head, pos, self.size)
         return self._walk(head)
@@ -542,7 +549,7 @@ class SplitVirtqueue:
         USED_ELEM.pack_into(self._used, _USED_RING + 8 * (idx & self._mask), head, written)
         # The element must be visible before the index that publishes it (2.7.8.2).
         idx = self._used_idx = (idx + 1) & 0xFFFF
-        _U16.pack_into(self._used, _USED_IDX, idx)
+        self._used16[_IDX16] = idx
         self._pending_used += 1
 
     def needs_interrupt(self) -> bool:
@@ -565,9 +572,8 @@ class SplitVirtqueue:
         if self.notify_on_empty and not self.has_available():
             return True
         if self.event_idx:
-            used_event = _U16.unpack_from(self._avail, self._used_event_off)[0]
-            return vring_need_event(used_event, new, old)
-        avail_flags = _U16.unpack_from(self._avail, _AVAIL_FLAGS)[0]
+            return vring_need_event(self._avail16[self._used_event16], new, old)
+        avail_flags = self._avail16[_FLAGS16]
         return not avail_flags & _F_NO_INTERRUPT
 
     def suppress_notifications(self, on: bool) -> None:
@@ -582,10 +588,10 @@ class SplitVirtqueue:
         self._notify_enabled = not on
         if self.event_idx:
             event = (self.last_avail_idx - 1) & 0xFFFF if on else self.last_avail_idx
-            _U16.pack_into(self._used, self._avail_event_off, event)
+            self._used16[self._avail_event16] = event
         else:
             self._used_flags = (self._used_flags | _F_NO_NOTIFY) if on else (self._used_flags & ~_F_NO_NOTIFY)
-            _U16.pack_into(self._used, _USED_FLAGS, self._used_flags)
+            self._used16[_FLAGS16] = self._used_flags
 
     def enable_notifications(self) -> bool:
         """Before sleeping: ask for a kick again, fence, and look at avail->idx once more.
@@ -609,21 +615,20 @@ class SplitVirtqueue:
         """Both sides' indices as guest memory holds them now: what a stalled queue is waiting for.
 
         A read-only look from any thread (a state dump); it may race with the service thread."""
-        avail_idx, avail_flags = (_U16.unpack_from(self._avail, off)[0] for off in (_AVAIL_IDX, _AVAIL_FLAGS))
-        used_idx, used_flags = (_U16.unpack_from(self._used, off)[0] for off in (_USED_IDX, _USED_FLAGS))
+        avail_idx, avail_flags = self._avail16[_IDX16], self._avail16[_FLAGS16]
+        used_idx, used_flags = self._used16[_IDX16], self._used16[_FLAGS16]
         text = (f"avail idx {avail_idx} flags {avail_flags:#x}, last_avail_idx {self.last_avail_idx}; "
                 f"used idx {used_idx} (ours {self._used_idx}) flags {used_flags:#x}, "
                 f"signalled at {self._signalled_used}, {self._pending_used} pushed since")
         if self.event_idx:
-            used_event = _U16.unpack_from(self._avail, self._used_event_off)[0]
-            avail_event = _U16.unpack_from(self._used, self._avail_event_off)[0]
+            used_event, avail_event = self._avail16[self._used_event16], self._used16[self._avail_event16]
             text += f"; used_event {used_event}, avail_event {avail_event}"
         return text + ("" if self._notify_enabled else "; kicks suppressed")
 
     # -- life cycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Release the ring views so the guest memory can be closed."""
-        for ring in (self._desc, self._avail, self._used):
+        for ring in (self._avail16, self._used16, self._desc, self._avail, self._used):
             ring.release()
 
     def __repr__(self) -> str:

@@ -36,8 +36,10 @@ class StoreBuffer:
     def __init__(self, vq, memory):
         self.memory, self.addr, self.size = memory, vq.used_addr, used_ring_size(vq.size)
         self.pending = bytearray(memory.read(self.addr, self.size))
+        vq._used16.release()
         vq._used.release()
         vq._used = memoryview(self.pending)     # the device's stores go here ...
+        vq._used16 = vq._used.cast("H")
         vq.fence = self.fence                   # ... and reach guest memory at a fence
         self.fences = 0
 
