@@ -129,8 +129,10 @@ class GuestMemory:
         return layout.unpack_from(self._mem, addr)
 
     def pack(self, layout: struct.Struct, addr: int, *values) -> None:
+        """Packed in one copy: struct.pack_into would zero the destination first, and a running
+        guest could read that zero (see launcher.virtqueue)."""
         self.check(addr, layout.size)
-        layout.pack_into(self._mem, addr, *values)
+        self._mem[addr:addr + layout.size] = layout.pack(*values)
 
     def strnlen(self, addr: int, limit: int) -> int:
         """Length of the NUL-terminated string at addr, never looking past limit or RAM."""
