@@ -56,7 +56,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
+        "markers", "guest(mem=, cmdline=, block=, net=, rng=, shares=, files=, commands=, backend=, backends=, "
                    "scope=, fresh=): how the `guest` fixture boots its guest")
     config.stash[_POOL] = {}
     config.stash[_NUMBERS] = itertools.count(1)
@@ -159,6 +159,16 @@ def host_quirks() -> frozenset[str]:
 
 
 # -- guests -------------------------------------------------------------------------------
+def share_mounts(shares) -> list[str]:
+    """/init lines mounting each HOSTDIR:TAG[:ro] share at /mnt/TAG (read-only ones ro)."""
+    lines = []
+    for share in shares:
+        read_only = str(share).endswith(":ro")
+        tag = str(share)[:-3 if read_only else None].rpartition(":")[2]
+        lines.append(f"mkdir -p /mnt/{tag} && mount -t virtiofs{' -o ro' if read_only else ''} {tag} /mnt/{tag}")
+    return lines
+
+
 class _Booter:
     """Turns marker-style options into a GuestSpec and a booted Guest."""
 
@@ -168,8 +178,10 @@ class _Booter:
         self.config = request.config
 
     def spec(self, mem=None, cmdline=(), block=(), net=None, rng=False, files=None, commands=(),
-             backend=None, timeout=900.0, kernel=None, initrd=None) -> GuestSpec:
+             backend=None, timeout=900.0, kernel=None, initrd=None, shares=()) -> GuestSpec:
         image = initrd or self.image
+        shares = (shares,) if isinstance(shares, str) else tuple(shares)
+        commands = (*share_mounts(shares), *commands)
         if files or commands:
             image = self.custom_image(files or {}, tuple(commands))
         blocks = (block,) if isinstance(block, (str, Path)) else tuple(block or ())
@@ -178,7 +190,7 @@ class _Booter:
         return GuestSpec(kernel=kernel or self.kernel, initrd=image, mem=mem or self.config.getoption("--guest-mem"),
                          cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
-                         timeout=timeout)
+                         timeout=timeout, share=tuple(str(s) for s in shares))
 
     def custom_image(self, files: dict, commands: tuple[str, ...]) -> Path:
         """One initramfs per distinct content for the session: identical marks give identical
