@@ -28,6 +28,7 @@ from _pytest.reports import TestReport
 
 from harness import disks, ktap as ktap_parser, netns
 from harness.console import Guest, GuestError, GuestTimeout, readable
+from harness.initramfs import share_mounts
 from harness.launch import DEFAULT_CMDLINE, GuestSpec, boot
 from harness.preflight import initrd_problem, kernel_problem
 
@@ -159,16 +160,6 @@ def host_quirks() -> frozenset[str]:
 
 
 # -- guests -------------------------------------------------------------------------------
-def share_mounts(shares) -> list[str]:
-    """/init lines mounting each HOSTDIR:TAG[:ro] share at /mnt/TAG (read-only ones ro)."""
-    lines = []
-    for share in shares:
-        read_only = str(share).endswith(":ro")
-        tag = str(share)[:-3 if read_only else None].rpartition(":")[2]
-        lines.append(f"mkdir -p /mnt/{tag} && mount -t virtiofs{' -o ro' if read_only else ''} {tag} /mnt/{tag}")
-    return lines
-
-
 class _Booter:
     """Turns marker-style options into a GuestSpec and a booted Guest."""
 

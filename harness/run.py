@@ -100,6 +100,7 @@ def _boot_and_run(args, command: list[str], kernel: Path, work: Path) -> int:
     from harness.initramfs import build_initramfs
     from launcher.config import LaunchConfig
     from launcher.devspec import FsSpec, flag_specs
+    from launcher.hypervisor.base import Outcome
     from launcher.launcher import Launcher
     from launcher.transports.bus import Report
 
@@ -121,6 +122,9 @@ def _boot_and_run(args, command: list[str], kernel: Path, work: Path) -> int:
     say = (lambda text: print(f"lguest-harness run: {text}", file=sys.stderr)) if args.verbose else Report.quiet
     report = Report(say=say, tell=say)
     with Launcher(config, console_out=watcher.feed, report=report) as vm:
+        for device in vm.devices:
+            if getattr(device, "external_queues", False):     # the guest's files are gone with it
+                device.on_failure = lambda reason: vm.request_stop(Outcome.INTERRUPTED, reason)
         stopped = vm.run()
     return watcher.result(stopped, args.timeout)
 

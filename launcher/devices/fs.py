@@ -49,6 +49,7 @@ class FsDevice(VirtioDevice):
         self.tag = tag
         self.feature_mask = backend_features & SUPPORTED_FEATURES   # never offer what the backend lacks
         self.failure: str | None = None
+        self.on_failure = lambda reason: None   # e.g. `run` ends the guest: its root is gone
 
     def activate(self, memory=None) -> None:
         """Hand the rings to the backend (the runner); a backend that refuses fails the device."""
@@ -69,6 +70,7 @@ class FsDevice(VirtioDevice):
                 self.log.error("%s", reason)
             self.metrics.host_errors += 1
             self._needs_reset()
+        self.on_failure(reason)
 
     def handler(self, index: int):
         raise DeviceError(f"{self.name}: queue {index} is served by the vhost-user backend, not here")

@@ -296,7 +296,7 @@ class VhostUserRunner:
             return
         self.closed = True
         self.stop()
-        self.frontend.close()
+        self.on_close()             # first: a backend exits when its connection closes, which
+        self.frontend.close()       # would otherwise look like a death mid-run
         for fd in self._kick:
             os.close(fd)
-        self.on_close()
