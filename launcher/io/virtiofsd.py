@@ -8,7 +8,8 @@
 The binary is $LGUEST_HARNESS_VIRTIOFSD, else Debian's QEMU one (/usr/lib/qemu/virtiofsd),
 else `virtiofsd` on PATH.  It listens on a socket in a private temporary directory
 (--socket-path); we connect once it appears.  Sandboxing is virtiofsd's own default
-(`-o sandbox=namespace`: mount, pid and net namespaces, pivot_root into the source).
+(`-o sandbox=namespace`: mount, pid and net namespaces, pivot_root into the source), or
+`-o sandbox=chroot` for a share of / itself (pivot_root cannot move the root onto itself).
 This virtiofsd has no read-only option, so a read-only share runs it in a mount namespace of
 its own where the source is bind-mounted read-only, recursively (launcher.io.ro_exec): a write
 the guest sends fails with EROFS in the host kernel, whatever the guest's mount says.
@@ -30,6 +31,7 @@ CANDIDATES = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 SOCKET_WAIT = 10.0
 STOP_WAIT = 5.0
 STDERR_TAIL = 400
+PID_DIR = "/run/virtiofsd"      # where this virtiofsd puts its pid file (/var/run/virtiofsd)
 
 
 class VirtiofsdError(VhostUserError):
@@ -81,8 +83,16 @@ class Virtiofsd:
         sock_path, log_path = os.path.join(workdir, "vhost.sock"), os.path.join(workdir, "virtiofsd.log")
         command = [binary, f"--socket-path={sock_path}", "-o", f"source={os.path.abspath(source)}",
                    "-o", f"cache={cache}", "-o", "log_level=warn"]
+        if os.path.realpath(source) == "/":
+            # The namespace sandbox pivot_roots into the source, which cannot be the root
+            # itself (EBUSY); sharing / leaves nothing for it to hide anyway.
+            command += ["-o", "sandbox=chroot"]
         if read_only:
-            command = [sys.executable, "-m", "launcher.io.ro_exec", os.path.abspath(source), "--", *command]
+            # virtiofsd writes its socket here and its pid file under /run/virtiofsd: keep
+            # those two writable when they sit inside the read-only tree (a share of /).
+            os.makedirs(PID_DIR, exist_ok=True)
+            keep = [arg for path in (workdir, PID_DIR) if _inside(path, source) for arg in ("--writable", path)]
+            command = [sys.executable, "-m", "launcher.io.ro_exec", os.path.abspath(source), *keep, "--", *command]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        close_fds=True, start_new_session=True,
@@ -112,6 +122,11 @@ class Virtiofsd:
         _end(self.process)
         self._watcher.join(STOP_WAIT)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
 
 
 def _package_root() -> str:

@@ -79,3 +79,13 @@ def test_share_flag_rules(tmp_path):
         parse_share(str(tmp_path))
     with pytest.raises(DeviceSpecError, match="tag"):
         parse_share(f"{tmp_path}:{'x' * 40}")
+
+
+@needs_virtiofsd
+def test_a_read_only_share_of_the_whole_root_starts(tmp_path):
+    """Its socket and pid file sit inside the read-only tree: they stay writable, nothing else."""
+    daemon = Virtiofsd.start("/", read_only=True, name="virtiofsd for /")
+    try:
+        assert daemon.frontend.features >> VERSION_1 & 1
+    finally:
+        daemon.close()
