@@ -32,7 +32,7 @@ RUN_FAILED = 125                # like env/chroot/docker: the command never ran 
 ROOT_TAG = "hostroot"
 OVERLAID = ("/tmp", "/var/tmp")
 ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "TERM", "LANG", "LANGUAGE", "TZ")
-DEFAULT_MEM = 256
+DEFAULT_MEM = 128
 KERNEL_ARGS = ("console=ttyS0", "panic=-1", "quiet", "loglevel=1")
 
 
@@ -118,7 +118,7 @@ def _boot_and_run(args, command: list[str], kernel: Path, work: Path) -> int:
     config = LaunchConfig(mem_mb=args.mem, kernel=kernel, kernel_args=KERNEL_ARGS, initrd=initrd,
                           devices=(*shares, *flag_specs(args)), timeout=args.timeout, hvc="stdio",
                           **({"backend": args.backend} if args.backend else {}))
-    watcher = StatusWatcher(nonce)
+    watcher = StatusWatcher(nonce, boot_log=sys.stderr.buffer if args.verbose else None)
     say = (lambda text: print(f"lguest-harness run: {text}", file=sys.stderr)) if args.verbose else Report.quiet
     report = Report(say=say, tell=say)
     with Launcher(config, console_out=watcher.feed, report=report) as vm:
@@ -185,8 +185,9 @@ class StatusWatcher:
     """The 8250's bytes: hidden until /init says CMD starts, then CMD's stderr (to ours), up
     to the status line."""
 
-    def __init__(self, nonce: str, err=None):
+    def __init__(self, nonce: str, err=None, boot_log=None):
         self.err = err or sys.stderr.buffer
+        self.boot_log = boot_log        # --verbose: the boot log as it comes
         self.start = f"lh-run-{nonce}-start".encode()
         self.marks = re.compile(rb"\r?\n?lh-run-" + nonce.encode() + rb"-(exit|fail):([^\r\n]*)\r?\n")
         self.before = bytearray()       # the boot log: shown only when the guest fails
@@ -199,6 +200,9 @@ class StatusWatcher:
         if self.status is not None or self.failure is not None:
             return
         if not self.started:
+            if self.boot_log is not None:
+                self.boot_log.write(data)
+                self.boot_log.flush()
             self.before += data
             at = self.before.find(self.start)
             if at < 0:

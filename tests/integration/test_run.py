@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,11 +13,12 @@ from harness.run import RUN_FAILED
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 
 RUN = [sys.executable, "-m", "harness.cli", "run"]
+CHECKOUT = str(Path(__file__).resolve().parents[2])     # this checkout's packages, from any cwd
 
 
-def run(*args, timeout=900, env=None, **kwargs):
+def run(*args, timeout=1800, env=None, **kwargs):
     return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, **kwargs)
+                          env={**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}, **kwargs)
 
 
 def test_uname_prints_the_guests_release_and_exits_0():
@@ -61,7 +63,8 @@ def test_a_missing_virtiofsd_is_one_line():
 
 def test_a_share_that_does_not_exist_is_one_line():
     done = subprocess.run([sys.executable, "-m", "harness.cli", "boot", "--share=/nonexistent/dir:t", "64",
-                           str(ensure_kernel().vmlinux)], capture_output=True, text=True, timeout=120)
+                           str(ensure_kernel().vmlinux)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": CHECKOUT})
     assert done.returncode == 1
     assert done.stderr.strip() == "lguest-harness boot: --share=/nonexistent/dir:t: /nonexistent/dir: no such directory"
 
@@ -81,7 +84,8 @@ def _virtiofsd_pids(parent: int) -> list[int]:
 
 def test_a_backend_killed_mid_run_is_reported_and_the_launcher_ends():
     process = subprocess.Popen([*RUN, "--timeout", "300", "--", "sh", "-c", "echo started; sleep 20; cat /etc/hostname"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": CHECKOUT})
     started = process.stdout.readline()
     assert started == "started\n"
     pids = _virtiofsd_pids(process.pid)
