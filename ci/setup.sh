@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 zstd
   linux-source-6.1 busybox-static iproute2 e2fsprogs python3-dev libffi-dev qemu-system-x86
+  qemu-system-common   # /usr/lib/qemu/virtiofsd: the vhost-user backend of --share and `run`
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -17,6 +17,7 @@ COMMANDS = {
     "restore": "launcher.cli_restore",
     "kernel": "harness.kernel",
     "demo": "harness.demo",
+    "run": "harness.run",
 }
 
 

@@ -47,6 +47,16 @@ def default_init(commands: list[str] | tuple[str, ...] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def share_mounts(shares) -> list[str]:
+    """/init lines mounting each HOSTDIR:TAG[:ro] share at /mnt/TAG (read-only ones ro)."""
+    lines = []
+    for share in shares:
+        read_only = str(share).endswith(":ro")
+        tag = str(share)[:-3 if read_only else None].rpartition(":")[2]
+        lines.append(f"mkdir -p /mnt/{tag} && mount -t virtiofs{' -o ro' if read_only else ''} {tag} /mnt/{tag}")
+    return lines
+
+
 def _busybox() -> bytes:
     if not BUSYBOX.exists():
         raise FileNotFoundError(f"{BUSYBOX} is missing: apt-get install busybox-static")

@@ -46,6 +46,7 @@ class GuestSpec:
     block: tuple[str, ...] = ()
     net: tuple[str, ...] = ()          # --tunnet values
     rng: bool = False
+    share: tuple[str, ...] = ()        # --share values (HOSTDIR:TAG[:ro])
     extra_args: tuple[str, ...] = ()
     netns: str | None = None          # run the launcher inside this network namespace
     timeout: float = 900.0
@@ -60,6 +61,7 @@ class GuestSpec:
         argv += [f"--block={b}" for b in self.block]
         argv += [f"--tunnet={n}" for n in self.net]
         argv += ["--rng"] if self.rng else []
+        argv += [f"--share={s}" for s in self.share]
         argv += ["--hvc=pty"] if self.agent_console() == "hvc0" else []
         argv += [*self.extra_args, str(self.mem), str(self.kernel), *self.kernel_args()]
         if self.netns:

@@ -28,6 +28,7 @@ from _pytest.reports import TestReport
 
 from harness import disks, ktap as ktap_parser, netns
 from harness.console import Guest, GuestError, GuestTimeout, readable
+from harness.initramfs import share_mounts
 from harness.launch import DEFAULT_CMDLINE, GuestSpec, boot
 from harness.preflight import initrd_problem, kernel_problem
 
@@ -60,7 +61,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
+        "markers", "guest(mem=, cmdline=, block=, net=, rng=, shares=, files=, commands=, backend=, backends=, "
                    "scope=, fresh=): how the `guest` fixture boots its guest")
     config.addinivalue_line(
         "markers", "differential(backends=, block=, **guest options): the `differential` fixture boots the "
@@ -194,8 +195,10 @@ class _Booter:
         self.config = request.config
 
     def spec(self, mem=None, cmdline=(), block=(), net=None, rng=False, files=None, commands=(),
-             backend=None, timeout=900.0, kernel=None, initrd=None) -> GuestSpec:
+             backend=None, timeout=900.0, kernel=None, initrd=None, shares=()) -> GuestSpec:
         image = initrd or self.image
+        shares = (shares,) if isinstance(shares, str) else tuple(shares)
+        commands = (*share_mounts(shares), *commands)
         if files or commands:
             image = self.custom_image(files or {}, tuple(commands))
         blocks = (block,) if isinstance(block, (str, Path)) else tuple(block or ())
@@ -204,7 +207,7 @@ class _Booter:
         return GuestSpec(kernel=kernel or self.kernel, initrd=image, mem=mem or self.config.getoption("--guest-mem"),
                          cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
-                         timeout=timeout)
+                         timeout=timeout, share=tuple(str(s) for s in shares))
 
     def custom_image(self, files: dict, commands: tuple[str, ...]) -> Path:
         """One initramfs per distinct content for the session: identical marks give identical

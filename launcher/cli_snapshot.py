@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher import cli
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, Outcome
+from launcher.hypervisor.errors import SnapshotUnsupported
 from launcher.io.console import stdout_writer
 from launcher.launcher import Launcher
 from launcher.snapshot import SnapshotError
@@ -79,6 +80,9 @@ class Pauser:
 
 def snapshot(args) -> int:
     config = cli.config_from_args(args)
+    if config.shares:   # refused before a boot is wasted; the bus refuses too (a Python caller)
+        raise SnapshotUnsupported(f"--share={config.shares[0].source}:{config.shares[0].tag}: a virtio-fs "
+                                  f"device's rings live in its virtiofsd process, which a snapshot cannot save")
     directory = Path(args.directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise SnapshotError(f"snapshot {directory}: exists and is not an empty directory")

@@ -17,7 +17,7 @@ import os
 import pwd
 from pathlib import Path
 
-from launcher.devspec import BlockSpec, DeviceSpec
+from launcher.devspec import BlockSpec, DeviceSpec, FsSpec
 from launcher.errors import LauncherError
 from launcher.hypervisor import backend_class, default_backend
 
@@ -82,9 +82,17 @@ class LaunchConfig:
         if self.system_map is not None:
             object.__setattr__(self, "system_map", Path(self.system_map))
         _refuse_shared_writable_disks(self.devices)
+        if self.shares and self.backend != "kvm":
+            raise UsageError(f"--share needs the kvm backend (a vhost-user backend serves the queues through "
+                             f"KVM ioeventfds and irqfds), not {self.backend}")
         self.user()                     # unknown user / missing chroot: refused now
         if self.chroot is not None and not os.path.isdir(self.chroot):
             raise ChrootUnusable(f"--chroot={self.chroot}: no such directory")
+
+    @property
+    def shares(self) -> tuple[FsSpec, ...]:
+        """The virtio-fs shares: their backends map guest RAM, so it is a shared memfd."""
+        return tuple(spec for spec in self.devices if isinstance(spec, FsSpec))
 
     @property
     def ram_size(self) -> int:

@@ -73,6 +73,18 @@ class BlockSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class FsSpec:
+    """A host directory shared over virtio-fs (served by virtiofsd); the guest mounts TAG."""
+    kind = "fs"
+    source: str
+    tag: str
+    read_only: bool = False
+
+    def describe(self) -> str:
+        return f"virtio-fs {self.source} as {self.tag}" + (" (read-only)" if self.read_only else "")
+
+
+@dataclasses.dataclass(frozen=True)
 class RngSpec:
     kind = "rng"
 
@@ -80,7 +92,7 @@ class RngSpec:
         return "rng"
 
 
-DeviceSpec = ConsoleSpec | NetSpec | BlockSpec | RngSpec
+DeviceSpec = ConsoleSpec | NetSpec | BlockSpec | RngSpec | FsSpec
 
 
 # -- argparse ---------------------------------------------------------------------------------
@@ -106,6 +118,9 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a read-only virtio-blk disk over FILE")
     group.add_argument("--rng", dest="rng", nargs=0, action=_InOrder,
                        help="a virtio-rng device fed from /dev/urandom")
+    group.add_argument("--share", metavar="HOSTDIR:TAG[:ro]", dest="share", action=_InOrder,
+                       help="kvm: HOSTDIR over virtio-fs, served by virtiofsd; in the guest: "
+                            "mount -t virtiofs TAG /mnt (:ro: the host refuses writes)")
     parser.set_defaults(**{DEVICE_DEST: []})
 
 
@@ -199,11 +214,30 @@ def _disk_size(path: str, flag: str) -> int:
         os.close(fd)
 
 
+def parse_share(text: str) -> FsSpec:
+    """HOSTDIR:TAG[:ro]; HOSTDIR may itself hold ':' (the tag is the last field before ':ro')."""
+    read_only = text.endswith(":ro")
+    rest = text[:-3] if read_only else text
+    source, sep, tag = rest.rpartition(":")
+    if not sep or not source or not tag:
+        raise DeviceSpecError(f"--share={text}: want HOSTDIR:TAG[:ro], e.g. --share=/srv/data:data:ro")
+    from launcher.devices.fs import encode_tag
+    try:
+        encode_tag(tag)
+    except LauncherError as err:
+        raise DeviceSpecError(f"--share={text}: {err}") from None
+    if not os.path.isdir(source):
+        why = "not a directory" if os.path.exists(source) else "no such directory"
+        raise DeviceSpecError(f"--share={text}: {source}: {why}")
+    return FsSpec(os.path.abspath(source), tag, read_only)
+
+
 _PARSERS: dict[str, Callable[[object], DeviceSpec]] = {
     "tunnet": parse_tunnet,
     "block": parse_block,
     "block_ro": lambda text: parse_block(text, read_only=True),
     "rng": lambda _: RngSpec(),
+    "share": parse_share,
 }
 
 
@@ -217,12 +251,14 @@ class HostBackends:
     net: Callable[[NetSpec], object] = None
     block: Callable[[BlockSpec], object] = None
     entropy: Callable[[], object] = None
+    fs: Callable[[FsSpec], object] = None     # -> a launcher.io.virtiofsd.Virtiofsd (or a double)
 
     def __post_init__(self):
         self.console = self.console or _stdio_console
         self.net = self.net or _tap
         self.block = self.block or _block_file
         self.entropy = self.entropy or _urandom
+        self.fs = self.fs or _virtiofsd
 
 
 def _stdio_console():
@@ -238,6 +274,11 @@ def _tap(spec: NetSpec):
 def _block_file(spec: BlockSpec):
     from launcher.io.block_file import FileBlockBackend
     return FileBlockBackend(spec.path, read_only=spec.read_only)
+
+
+def _virtiofsd(spec: FsSpec):
+    from launcher.io.virtiofsd import Virtiofsd
+    return Virtiofsd.start(spec.source, read_only=spec.read_only, name=f"virtiofsd for {spec.tag}")
 
 
 def _urandom():
@@ -269,7 +310,7 @@ def build_devices(specs: list[DeviceSpec], backends: HostBackends | None = None,
         for spec in specs:
             device = _build_one(spec, backends, strict)
             devices.append(device)
-            if runners:
+            if runners and device.runner is None:
                 from launcher.io.service import QueueWorkers
                 device.runner = QueueWorkers(device, _LateTrigger(device))
     except BaseException:
@@ -302,11 +343,27 @@ def _build_one(spec: DeviceSpec, backends: HostBackends, strict: bool):
             return BlockDevice(_test_fault(backends.block(spec)), strict=strict)
         if isinstance(spec, RngSpec):
             return RngDevice(backends.entropy(), strict=strict)
+        if isinstance(spec, FsSpec):
+            return _fs_device(spec, backends.fs(spec), strict)
     except OSError as err:
         raise DeviceSpecError(f"{spec.describe()}: {err.strerror or err}") from err
     except LauncherError as err:
         raise DeviceSpecError(f"{spec.describe()}: {err}") from err
     raise DeviceSpecError(f"no device model for spec {spec!r}")
+
+
+def _fs_device(spec: FsSpec, daemon, strict: bool):
+    """A virtio-fs device whose runner talks to `daemon` (its frontend) and ends it on close."""
+    from launcher.devices.fs import FsDevice
+    from launcher.io.vhost_user import VhostUserRunner
+    try:
+        device = FsDevice(spec.tag, daemon.frontend.features, strict=strict)
+    except BaseException:
+        daemon.close()
+        raise
+    device.runner = VhostUserRunner(daemon.frontend, device, on_close=daemon.close)
+    daemon.on_death = device.backend_failed
+    return device
 
 
 def close_devices(devices: list) -> None:

@@ -105,8 +105,10 @@ class Launcher:
 
     # -- 1. memory, backend, devices on the backend's bus ------------------------------------------
     def _open_memory(self) -> None:
-        self.memory = GuestMemory(self.bus_class.memory_size(self.config.ram_size))
-        self.report.say(f"guest memory: {self.config.mem_mb} MiB at host {self.memory.host_address:#x}")
+        shared = bool(self.config.shares)
+        self.memory = GuestMemory(self.bus_class.memory_size(self.config.ram_size), shared=shared)
+        self.report.say(f"guest memory: {self.config.mem_mb} MiB at host {self.memory.host_address:#x}"
+                        + (" (a shared memfd: vhost-user backends map it)" if shared else ""))
 
     def _open_backend(self, system_map: SystemMap | None) -> None:
         self.backend = self.backend_class(self.memory, self.console_out, ram_size=self.config.ram_size,

@@ -1,4 +1,8 @@
-"""Guest-physical memory: one anonymous mapping between two PROT_NONE guard pages.
+"""Guest-physical memory: one mapping between two PROT_NONE guard pages.
+
+Private and anonymous by default; shared=True backs it with a memfd (MAP_SHARED) instead, so
+that another process (a vhost-user backend such as virtiofsd) can map the same pages: the
+fd is `memory.fd`, handed over with SET_MEM_TABLE.
 
 Every access to guest memory in the launcher goes through GuestMemory, so there is
 exactly one bounds check: a guest-supplied (address, length) pair is refused when it
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import struct
 
 from launcher.errors import GuestMemoryError, OutsideGuestMemory
@@ -38,7 +43,7 @@ def _protect_none(address: int, length: int) -> None:
 class GuestMemory:
     """Guest RAM of `size` bytes; guest-physical address 0 is the first byte."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, *, shared: bool = False):
         if size <= 0 or size % PAGE_SIZE:
             raise GuestMemoryError(f"guest memory size {size:#x} is not a positive multiple of {PAGE_SIZE:#x}")
         self.size = size
@@ -50,6 +55,26 @@ class GuestMemory:
         _protect_none(base + PAGE_SIZE + size, PAGE_SIZE)
         self.host_address = base + PAGE_SIZE
         self._mem = memoryview(self._map)[PAGE_SIZE:PAGE_SIZE + size]
+        self.fd: int | None = None
+        if shared:
+            self._share()
+
+    def _share(self) -> None:
+        """Replace the anonymous middle with a memfd mapped MAP_SHARED (guard pages stay)."""
+        fd = os.memfd_create("lguest-harness-guest-ram", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, self.size)
+            self._map_over(fd, mmap.MAP_SHARED, "a memfd")
+        except BaseException:
+            os.close(fd)
+            self.close()
+            raise
+        self.fd = fd
+
+    def _map_over(self, fd: int, flags: int, what) -> None:
+        mapped = _libc.mmap(self.host_address, self.size, mmap.PROT_READ | mmap.PROT_WRITE, flags | MAP_FIXED, fd, 0)
+        if mapped in (None, MAP_FAILED) or mapped != self.host_address:
+            raise GuestMemoryError(f"mmap of guest memory over {what} failed: errno {ctypes.get_errno()}")
 
     @classmethod
     def from_file(cls, path, size: int) -> "GuestMemory":
@@ -57,7 +82,6 @@ class GuestMemory:
         between the same guard pages: pages are read from the file when first touched, guest
         writes stay in this process, and the file is never modified.  The file must be at
         least `size` bytes long (a mapping past its end would fault on access)."""
-        import os
         memory = cls(size)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -70,10 +94,7 @@ class GuestMemory:
                 raise GuestMemoryError(f"guest memory file {path} holds {length:#x} bytes, fewer than {size:#x}")
             # Replace the anonymous middle of the reservation; the guard pages stay PROT_NONE,
             # and close() unmaps the whole range as before.
-            mapped = _libc.mmap(memory.host_address, size, mmap.PROT_READ | mmap.PROT_WRITE,
-                                mmap.MAP_PRIVATE | MAP_FIXED, fd, 0)
-            if mapped in (None, MAP_FAILED) or mapped != memory.host_address:
-                raise GuestMemoryError(f"mmap of guest memory file {path} failed: errno {ctypes.get_errno()}")
+            memory._map_over(fd, mmap.MAP_PRIVATE, f"file {path}")
         except BaseException:
             memory.close()
             raise
@@ -172,6 +193,9 @@ class GuestMemory:
         return self._map.closed
 
     def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         if self._map.closed:
             return
         try:

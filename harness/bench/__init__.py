@@ -1,6 +1,6 @@
 """`lguest-harness bench WHAT`: benchmarks that print figures (never timed tests).
 
-One module per benchmark (blk, boot, console, net, restore, vring), each with main(args); runner holds what
+One module per benchmark (blk, boot, console, fs, net, restore, vring), each with main(args); runner holds what
 the guest benchmarks (blk, net) share: booting a recipe guest and reading the launcher's CPU.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "blk": "harness.bench.blk",
     "boot": "harness.bench.boot",
     "console": "harness.bench.console",
+    "fs": "harness.bench.fs",
     "net": "harness.bench.net",
     "restore": "harness.bench.restore",
     "vring": "harness.bench.vring",

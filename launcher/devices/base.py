@@ -33,6 +33,7 @@ class DeviceId(IntEnum):
     BLOCK = 2
     CONSOLE = 3
     ENTROPY = 4     # virtio-rng
+    FS = 26         # virtio-fs
 
 
 class DeviceStatus(IntFlag):

@@ -27,6 +27,7 @@ from typing import Callable
 from launcher.devices.snapshot import load_device, save_device, start_runner, stop_runner
 from launcher.devspec import ConsoleSpec
 from launcher.errors import TransportError
+from launcher.hypervisor.errors import SnapshotUnsupported
 from launcher.transports.bus import Report
 from launcher.transports.mmio import MMIO_WINDOW, MmioReg, MmioTransport
 from launcher.transports.mmio_snapshot import TransportStateMismatch, load_transport, save_transport
@@ -100,6 +101,11 @@ class KvmVirtioMmio:
                                                event_idx=event_idx, name=f"{device.name}@{addr:#x}")
                 backend.mmio.register(addr, MMIO_WINDOW, slot.transport)
                 runner = device.runner
+                if hasattr(runner, "use_call_fd"):
+                    if irq_fd is None:
+                        raise TransportError(f"{device.name}: a vhost-user device needs an in-kernel irqchip "
+                                             f"(KVM irqfd) for its backend's interrupts")
+                    runner.use_call_fd(irq_fd)
                 if runner is not None and hasattr(runner, "eventfd"):
                     for index in range(len(device.queues)):
                         backend.attach_eventfd(addr + MmioReg.QUEUE_NOTIFY, runner.eventfd(index),
@@ -161,6 +167,10 @@ class KvmVirtioMmio:
     def save_state(self) -> list[dict]:
         """Each slot's window, line, register file and device, with every service thread joined
         first (each finishes the chain it serves), so no chain is half done."""
+        for slot in self.slots:
+            if getattr(slot.device, "external_queues", False):
+                raise SnapshotUnsupported(f"{slot.device.name}: a vhost-user device's rings live in its backend "
+                                          f"process, which cannot be saved; snapshot a guest without it")
         for slot in self.slots:
             stop_runner(slot.device)
         return [{"base": slot.base, "irq": slot.irq, "transport": save_transport(slot.transport),

@@ -183,12 +183,17 @@ class MmioTransport:
         self.metrics = MmioMetrics()
         offered = device.offered & ~(1 << VIRTIO_F_NOTIFY_ON_EMPTY)   # legacy-only bit (6.3)
         offered |= TRANSPORT_FEATURES | ((1 << VIRTIO_RING_F_EVENT_IDX) if event_idx else 0)
+        offered &= getattr(device, "feature_mask", -1)     # a vhost-user backend's limits
         device.offered = offered
         device.legacy = False           # a modern driver: FEATURES_OK is part of the handshake
         device.memory = memory
         device.trigger = self
         self.queues = [MmioQueue(slot.max_size) for slot in device.queues]
         self._isr_lock = threading.Lock()
+        # A vhost-user backend signals the irqfd itself and cannot set InterruptStatus: for
+        # such a device USED_BUFFER always reads set, so the driver looks at its rings on
+        # every interrupt (an ACK of it changes nothing, and nothing is raised again).
+        self._external_used = int(InterruptStatus.USED_BUFFER) if getattr(device, "external_queues", False) else 0
         self.interrupt_status = 0
         self.config_generation = 0
         self._reset_registers()
@@ -271,7 +276,7 @@ class MmioTransport:
             return int(queue is not None and queue.ready)
         if reg is MmioReg.INTERRUPT_STATUS:
             with self._isr_lock:
-                return self.interrupt_status
+                return self.interrupt_status | self._external_used
         if reg is MmioReg.STATUS:
             self._features_ok_unconfirmed = False
             return dev.status & 0xFF

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -67,3 +69,32 @@ def test_close_with_a_live_view_does_not_raise():
     m.close()
     v[0] = 1  # the mapping outlives close() while a view holds it
     assert v[0] == 1
+
+
+def test_shared_memory_is_one_memfd_another_mapping_sees():
+    """shared=True: the pages live in memory.fd, so a second mapping of it (a vhost-user
+    backend's) sees the guest's writes and the guest sees the backend's; the guards stay."""
+    import mmap as _mmap
+    mem = GuestMemory(4 * PAGE_SIZE, shared=True)
+    try:
+        assert os.fstat(mem.fd).st_size == mem.size
+        other = _mmap.mmap(mem.fd, mem.size)
+        mem.write(PAGE_SIZE, b"guest")
+        assert other[PAGE_SIZE:PAGE_SIZE + 5] == b"guest"
+        other[0:7] = b"backend"
+        assert mem.read(0, 7) == b"backend"
+        other.close()
+        with pytest.raises(OutsideGuestMemory):
+            mem.read(mem.size - 1, 2)
+    finally:
+        fd = mem.fd
+        mem.close()
+    assert mem.fd is None
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_private_memory_has_no_fd():
+    mem = GuestMemory(PAGE_SIZE)
+    assert mem.fd is None
+    mem.close()
