@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from launcher.hypervisor.errors import BusConflict
+from launcher.hypervisor.errors import BusConflict, IoctlFailed
 from launcher.hypervisor.kvm_virtio import IRQS, KvmVirtioBus, _signal
 from launcher.errors import TransportError
 from launcher.transports.bus import Report
@@ -41,7 +41,11 @@ class PciSlot:
     slot: int
     irq: int
     irq_fd: int | None
-    fast_notify: bool
+    kicks: list = dataclasses.field(default_factory=list)   # (address, eventfd, queue) attached to KVM
+
+    @property
+    def fast_notify(self) -> bool:
+        return bool(self.kicks)
 
     @property
     def device(self):
@@ -68,7 +72,7 @@ class KvmVirtioPci(KvmVirtioBus):
                     interrupt = _signal(irq_fd)
                 else:
                     interrupt = (lambda line=irq: backend.raise_interrupt(line))
-                entry = PciSlot(None, 0, irq, irq_fd, False)
+                entry = PciSlot(None, 0, irq, irq_fd)
                 self.slots.append(entry)
                 address = BAR_BASE + n * BAR_SIZE
                 entry.transport = VirtioPciTransport(
@@ -91,9 +95,9 @@ class KvmVirtioPci(KvmVirtioBus):
         """The BAR stopped decoding at old / starts at new: move the MMIO range and ioeventfds."""
         if old is not None:
             self.backend.mmio.unregister(old)
-            for offset, fd, index in self._notify_fds(entry):
-                self.backend.attach_eventfd(old + offset, fd, length=NOTIFY_WIDTH, datamatch=index, detach=True)
-            entry.fast_notify = False
+            for address, fd, index in entry.kicks:
+                self.backend.attach_eventfd(address, fd, length=NOTIFY_WIDTH, datamatch=index, detach=True)
+            entry.kicks.clear()
         if new is None:
             return
         if new < self.memory.size:
@@ -105,8 +109,12 @@ class KvmVirtioPci(KvmVirtioBus):
             entry.transport.refuse_mapping(new, str(err))
             return
         for offset, fd, index in self._notify_fds(entry):
-            self.backend.attach_eventfd(new + offset, fd, length=NOTIFY_WIDTH, datamatch=index)
-            entry.fast_notify = True
+            try:
+                self.backend.attach_eventfd(new + offset, fd, length=NOTIFY_WIDTH, datamatch=index)
+            except IoctlFailed as err:      # KVM refuses the address: kicks take the exit loop
+                self.report.say(f"{entry.transport.name}: queue {index} kicks through the exit loop: {err}")
+                continue
+            entry.kicks.append((new + offset, fd, index))
 
     # -- the device bus --------------------------------------------------------------------------
     def add_to_cmdline(self, cmdline) -> None:

@@ -2,7 +2,6 @@
 0xcf8/0xcfc ports and the BAR, the capability layout, BAR sizing and decoding, INTx with a
 read-clears ISR, the PCI_CFG window, and hostile accesses (each rule named, never a traceback)."""
 import struct
-import threading
 
 import pytest
 
@@ -21,6 +20,7 @@ from launcher.transports.pci import (
 from launcher.transports.pci_config import STATUS_INTERRUPT, Command, PciReg, PciRule, PciRuleBroken
 from launcher.transports.pci_host import CLASS_HOST_BRIDGE, DATA_OFFSET, ENABLE, IntxRoute, PciHost
 from launcher.transports.virtio_core import InterruptStatus, VirtioRule
+from tests.unit.transports.test_mmio import Irq
 
 MEM = 1 << 20
 BAR = 0xE000_0000
@@ -36,16 +36,6 @@ def memory():
     while _OPEN:
         _OPEN.pop().close()
     mem.close()
-
-
-class Irq:
-    def __init__(self):
-        self.count = 0
-        self.event = threading.Event()
-
-    def __call__(self):
-        self.count += 1
-        self.event.set()
 
 
 def make(memory, device=None, strict=True, remaps=None):
