@@ -68,6 +68,20 @@ def _signal(fd: int) -> Callable[[], None]:
     return interrupt
 
 
+def line_interrupt(backend, irq: int) -> tuple[int | None, Callable[[], None]]:
+    """How a device raises ISA line irq: an irqfd where the backend has the in-kernel irqchip
+    (its eventfd is returned for the caller to close), else KVM_IRQ_LINE from the caller's thread."""
+    if not (getattr(backend, "irqchip", False) and hasattr(backend, "attach_irqfd")):
+        return None, (lambda: backend.raise_interrupt(irq))
+    fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        backend.attach_irqfd(fd, irq)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, _signal(fd)
+
+
 class KvmVirtioBus:
     """What the KVM device buses share (launcher.transports.bus): virtio-mmio here, virtio-pci
     in launcher.hypervisor.kvm_virtio_pci.  Subclasses take (backend, memory, devices, *,
@@ -122,18 +136,12 @@ class KvmVirtioMmio(KvmVirtioBus):
         self.backend = backend
         self.report = report
         self.slots: list[MmioSlot] = []
-        use_irqfd = getattr(backend, "irqchip", False) and hasattr(backend, "attach_irqfd")
         try:
             for n, device in enumerate(devices):
                 addr, irq = base + n * MMIO_STRIDE, irqs[n]
-                irq_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if use_irqfd else None
+                irq_fd, interrupt = line_interrupt(backend, irq)
                 slot = MmioSlot(None, addr, irq, irq_fd, False)
                 self.slots.append(slot)
-                if irq_fd is not None:
-                    backend.attach_irqfd(irq_fd, irq)
-                    interrupt = _signal(irq_fd)
-                else:
-                    interrupt = (lambda line=irq: backend.raise_interrupt(line))
                 slot.transport = MmioTransport(device, memory, interrupt=interrupt, strict=strict,
                                                event_idx=event_idx, name=f"{device.name}@{addr:#x}")
                 backend.mmio.register(addr, MMIO_WINDOW, slot.transport)

@@ -19,7 +19,7 @@ import dataclasses
 import os
 
 from launcher.hypervisor.errors import BusConflict, IoctlFailed
-from launcher.hypervisor.kvm_virtio import IRQS, KvmVirtioBus, _signal
+from launcher.hypervisor.kvm_virtio import IRQS, KvmVirtioBus, line_interrupt
 from launcher.errors import TransportError
 from launcher.transports.bus import Report
 from launcher.transports.pci import BAR_SIZE, VirtioPciTransport
@@ -62,16 +62,10 @@ class KvmVirtioPci(KvmVirtioBus):
         self.backend, self.memory, self.report = backend, memory, report
         self.host = PciHost(strict=strict)
         self.slots: list[PciSlot] = []
-        use_irqfd = getattr(backend, "irqchip", False) and hasattr(backend, "attach_irqfd")
         try:
             for n, device in enumerate(devices):
                 irq = IRQS[n]
-                irq_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if use_irqfd else None
-                if irq_fd is not None:
-                    backend.attach_irqfd(irq_fd, irq)
-                    interrupt = _signal(irq_fd)
-                else:
-                    interrupt = (lambda line=irq: backend.raise_interrupt(line))
+                irq_fd, interrupt = line_interrupt(backend, irq)
                 entry = PciSlot(None, 0, irq, irq_fd)
                 self.slots.append(entry)
                 address = BAR_BASE + n * BAR_SIZE
