@@ -195,7 +195,7 @@ class _Booter:
         self.config = request.config
 
     def spec(self, mem=None, cmdline=(), block=(), net=None, rng=False, files=None, commands=(),
-             backend=None, timeout=900.0, kernel=None, initrd=None, shares=()) -> GuestSpec:
+             backend=None, timeout=900.0, kernel=None, initrd=None, shares=(), transport=None) -> GuestSpec:
         image = initrd or self.image
         shares = (shares,) if isinstance(shares, str) else tuple(shares)
         commands = (*share_mounts(shares), *commands)
@@ -207,7 +207,8 @@ class _Booter:
         return GuestSpec(kernel=kernel or self.kernel, initrd=image, mem=mem or self.config.getoption("--guest-mem"),
                          cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
-                         timeout=timeout, share=tuple(str(s) for s in shares))
+                         timeout=timeout, share=tuple(str(s) for s in shares),
+                         extra_args=(f"--transport={transport}",) if transport else ())
 
     def custom_image(self, files: dict, commands: tuple[str, ...]) -> Path:
         """One initramfs per distinct content for the session: identical marks give identical

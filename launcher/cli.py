@@ -25,7 +25,7 @@ from pathlib import Path
 
 from native.build import NativeBuildError
 
-from launcher.config import DEFAULT_TIMEOUT, HVC_CHOICES, LaunchConfig, UsageError, parse_mem_mb
+from launcher.config import DEFAULT_TIMEOUT, HVC_CHOICES, TRANSPORT_CHOICES, LaunchConfig, UsageError, parse_mem_mb
 from launcher.devspec import add_device_arguments, flag_specs
 from launcher.errors import LauncherError
 from launcher.hypervisor import BACKENDS, backend_class, default_backend
@@ -71,6 +71,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hvc", choices=HVC_CHOICES, default=None,
                         help="kvm: the virtio console (hvc0) on a new pty (default when devices are given), "
                              "on stdio (the 8250 then gets no input), or none")
+    parser.add_argument("--transport", choices=TRANSPORT_CHOICES, default=None,
+                        help="kvm: virtio-mmio (virtio_mmio.device= on the command line) or virtio-pci; default "
+                             "pci when the config or System.map beside KERNEL shows no virtio-mmio "
+                             "command-line devices, else mmio")
     parser.add_argument("mem_mb", metavar="MEM_MB", help="guest memory in MiB")
     parser.add_argument("kernel", metavar="KERNEL", help="ELF vmlinux or bzImage")
     parser.add_argument("kernel_args", metavar="KERNEL ARGS", nargs=argparse.REMAINDER,
@@ -83,7 +87,7 @@ def config_from_args(args) -> LaunchConfig:
     return LaunchConfig(
         mem_mb=parse_mem_mb(args.mem_mb), kernel=Path(args.kernel), kernel_args=tuple(args.kernel_args or ()),
         initrd=optional(args.initrd), devices=tuple(flag_specs(args)), backend=args.backend, timeout=args.timeout,
-        hvc=args.hvc, username=args.username, chroot=args.chroot, system_map=optional(args.system_map),
+        hvc=args.hvc, transport=args.transport, username=args.username, chroot=args.chroot, system_map=optional(args.system_map),
         ready_marker=args.ready_marker)
 
 

@@ -25,6 +25,7 @@ DEFAULT_TIMEOUT = 600.0
 MIN_MEM_MB = 2
 MAX_MEM_MB = 3072  # below the 32-bit PCI hole, where KVM's TSS pages live
 HVC_CHOICES = ("pty", "stdio", "none")
+TRANSPORT_CHOICES = ("mmio", "pci")
 
 
 class UsageError(LauncherError):
@@ -61,6 +62,7 @@ class LaunchConfig:
     backend: str = dataclasses.field(default_factory=default_backend)
     timeout: float = DEFAULT_TIMEOUT
     hvc: str | None = None              # virtio-mmio: where hvc0 goes (pty, stdio, none)
+    transport: str | None = None        # kvm: mmio or pci (None: the backend chooses for the kernel)
     username: str | None = None         # become this user once the hypervisor is set up
     chroot: str | None = None           # chroot here once the hypervisor is set up
     system_map: Path | None = None      # for crash reports (default: beside the kernel)
@@ -73,6 +75,8 @@ class LaunchConfig:
             raise UsageError(f"--timeout must be positive (inf: no limit), not {self.timeout:g}")
         if self.hvc is not None and self.hvc not in HVC_CHOICES:
             raise UsageError(f"--hvc must be one of {', '.join(HVC_CHOICES)}, not {self.hvc!r}")
+        if self.transport is not None and self.transport not in TRANSPORT_CHOICES:
+            raise UsageError(f"--transport must be one of {', '.join(TRANSPORT_CHOICES)}, not {self.transport!r}")
         backend_class(self.backend)     # UnknownBackend names the known ones
         object.__setattr__(self, "kernel", Path(self.kernel))
         object.__setattr__(self, "kernel_args", tuple(self.kernel_args))

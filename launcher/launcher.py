@@ -61,7 +61,7 @@ class Launcher:
         self.config, self.report, self.host = config, report, host
         self.restore_from = restore_from    # open() continues this snapshot instead of booting
         self.backend_class = backend_class(config.backend)
-        self.bus_class = self.backend_class.bus
+        self.bus_class = self.backend_class.bus_for(config.transport, config.kernel)
         self.on_terminal = console_out is None
         self._out = console_out or stdout_writer()
         self.started = time.monotonic()

@@ -5,6 +5,16 @@ import bisect
 from pathlib import Path
 
 
+def beside(kernel: Path, stem: str) -> list[Path]:
+    """Where a file about kernel lives: <stem>-<release> for vmlinuz-<release>, then <stem>."""
+    kernel = Path(kernel)
+    candidates = [kernel.parent / stem]
+    for prefix in ("vmlinuz-", "vmlinux-", "bzImage-"):
+        if kernel.name.startswith(prefix):
+            candidates.insert(0, kernel.parent / f"{stem}-{kernel.name[len(prefix):]}")
+    return candidates
+
+
 class SystemMap:
     def __init__(self, entries: list[tuple[int, str]]):
         entries.sort()
@@ -26,17 +36,16 @@ class SystemMap:
     @classmethod
     def beside(cls, kernel: Path) -> "SystemMap | None":
         """The System.map next to a kernel image (System.map, or System.map-<release> for vmlinuz-<release>)."""
-        kernel = Path(kernel)
-        candidates = [kernel.parent / "System.map"]
-        for prefix in ("vmlinuz-", "vmlinux-", "bzImage-"):
-            if kernel.name.startswith(prefix):
-                candidates.insert(0, kernel.parent / ("System.map-" + kernel.name[len(prefix):]))
-        for path in candidates:
+        for path in beside(kernel, "System.map"):
             try:
                 return cls.parse(path.read_text(errors="replace"))
             except OSError:
                 continue
         return None
+
+    def has(self, name: str) -> bool:
+        """A text symbol of that name is in the map."""
+        return name in self._names
 
     def lookup(self, addr: int) -> str | None:
         i = bisect.bisect_right(self._addrs, addr) - 1

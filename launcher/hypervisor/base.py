@@ -22,7 +22,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
-from launcher.hypervisor.errors import SnapshotUnsupported
+from launcher.hypervisor.errors import SnapshotUnsupported, TransportUnsupported
 from launcher.loader import E820Entry, HardwareSubarch, KernelKind, LoadFlags
 
 
@@ -113,6 +113,14 @@ class Backend(abc.ABC):
     bus: ClassVar[type]                          # launcher.transports.bus.DeviceBus
     reboot: ClassVar[RebootPolicy] = RebootPolicy.END_RUN
     boots: ClassVar[frozenset[KernelKind]] = frozenset(KernelKind)   # every kind the loader produces
+
+    @classmethod
+    def bus_for(cls, transport: str | None, kernel) -> type:
+        """The device bus for --transport=transport (None: the backend's choice for kernel)."""
+        if transport is not None:
+            raise TransportUnsupported(f"--transport={transport}: the {cls.name} backend has one device bus "
+                                       f"({cls.bus.__name__}); leave --transport out")
+        return cls.bus
 
     @abc.abstractmethod
     def boot_layout(self) -> BootLayout:

@@ -39,6 +39,13 @@ class Bus:
         self._starts.insert(i, base)
         self._ranges.insert(i, (base, base + length, device))
 
+    def unregister(self, base: int) -> None:
+        """Remove the range that starts at base (a PCI BAR that moved or stopped decoding)."""
+        i = bisect.bisect_left(self._starts, base)
+        if i == len(self._starts) or self._starts[i] != base:
+            raise BusConflict(f"{self.name}: no range starts at {base:#x}")
+        del self._starts[i], self._ranges[i]
+
     def find(self, addr: int) -> tuple[int, BusDevice] | None:
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:

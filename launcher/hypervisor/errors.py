@@ -22,6 +22,10 @@ class BusConflict(HypervisorError):
     """Two devices claim overlapping port or MMIO ranges."""
 
 
+class TransportUnsupported(HypervisorError):
+    """--transport names a device bus this backend does not have."""
+
+
 class SnapshotUnsupported(HypervisorError):
     """This backend (or its device bus) cannot save or restore a running guest."""
 

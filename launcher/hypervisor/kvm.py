@@ -13,18 +13,20 @@ import time
 from native.kvm import ffi, lib
 
 from launcher.consolewatch import ConsoleEvent, ConsoleWatcher
+from launcher import kernelfacts
 from launcher.hostquirks import HostKind, detect_host, kernel_options
 from launcher.hypervisor import kvm_exits, kvm_longmode as lm, kvm_snapshot
 from launcher.hypervisor.base import (
     Backend, BootLayout, BootSpec, CmdlineAddition, ConsoleOut, Notify, Outcome, RunEvent, RunStats, Stopped,
 )
 from launcher.hypervisor.bus import mmio_bus, port_bus
-from launcher.hypervisor.errors import NotInitialized
+from launcher.hypervisor.errors import NotInitialized, TransportUnsupported
 from launcher.hypervisor.kvm_ports import (
     COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, I8042_DATA, Cmos, I8042, UartPorts,
 )
 from launcher.hypervisor.kvm_cpuid import present_as_guest
 from launcher.hypervisor.kvm_virtio import KvmVirtioMmio
+from launcher.hypervisor.kvm_virtio_pci import KvmVirtioPci
 from launcher.hypervisor.kvm_sys import KvmSystem, ioctl
 from launcher.hypervisor.kvm_vcpu import Vcpu, install_kick_handler
 from launcher.io.threads import start_shielded
@@ -40,6 +42,7 @@ PANIC_GRACE = 1.5          # seconds to keep running after a panic line, so its 
 WATCHDOG_TICK = 0.1
 HALT_PROBE_AFTER = 2.0     # seconds without an exit before the watchdog looks for a dead halt
 RFLAGS_IF = 1 << 9
+TRANSPORTS = {"mmio": KvmVirtioMmio, "pci": KvmVirtioPci}     # --transport
 
 
 class KvmBackend(Backend):
@@ -48,6 +51,16 @@ class KvmBackend(Backend):
     snapshots = True
     # Linux is entered at its 64-bit entry in long mode; a 32-bit kernel's startup_32 triple-faults here.
     boots = frozenset({KernelKind.ELF64, KernelKind.BZIMAGE_ELF64})
+
+    @classmethod
+    def bus_for(cls, transport: str | None, kernel) -> type:
+        """virtio-mmio or virtio-pci; by default mmio, unless the files beside the kernel say it
+        cannot take virtio_mmio.device= (Debian's stock kernels), then pci."""
+        if transport is None:
+            transport = "pci" if kernelfacts.mmio_cmdline_devices(kernel) is False else "mmio"
+        if transport not in TRANSPORTS:
+            raise TransportUnsupported(f"--transport={transport}: the kvm backend has {', '.join(TRANSPORTS)}")
+        return TRANSPORTS[transport]
 
     def __init__(self, memory, console_out: ConsoleOut, *, irqchip: bool = True,
                  system_map: SystemMap | None = None, kvm_path: str = "/dev/kvm",
@@ -152,11 +165,15 @@ class KvmBackend(Backend):
             level.level = value
             ioctl(self.vm_fd, lib.KVM_IRQ_LINE, level)
 
-    def attach_eventfd(self, addr: int, fd: int, *, length: int = 4, datamatch: int | None = None) -> None:
+    def attach_eventfd(self, addr: int, fd: int, *, length: int = 4, datamatch: int | None = None,
+                       detach: bool = False) -> None:
+        """KVM_IOEVENTFD: a guest write at addr signals fd; detach=True removes exactly that one."""
         ev = ffi.new("struct kvm_ioeventfd *")
         ev.addr, ev.len, ev.fd = addr, length, fd
         if datamatch is not None:
             ev.flags, ev.datamatch = lib.KVM_IOEVENTFD_FLAG_DATAMATCH, datamatch
+        if detach:
+            ev.flags |= lib.KVM_IOEVENTFD_FLAG_DEASSIGN
         ioctl(self.vm_fd, lib.KVM_IOEVENTFD, ev)
 
     def attach_irqfd(self, fd: int, gsi: int) -> None:

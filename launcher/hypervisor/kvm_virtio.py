@@ -69,7 +69,59 @@ def _signal(fd: int) -> Callable[[], None]:
     return interrupt
 
 
-class KvmVirtioMmio:
+def line_interrupt(backend, irq: int) -> tuple[int | None, Callable[[], None]]:
+    """How a device raises ISA line irq: an irqfd where the backend has the in-kernel irqchip
+    (its eventfd is returned for the caller to close), else KVM_IRQ_LINE from the caller's thread."""
+    if not (getattr(backend, "irqchip", False) and hasattr(backend, "attach_irqfd")):
+        return None, (lambda: backend.raise_interrupt(irq))
+    fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        backend.attach_irqfd(fd, irq)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, _signal(fd)
+
+
+class KvmVirtioBus:
+    """What the KVM device buses share (launcher.transports.bus): virtio-mmio here, virtio-pci
+    in launcher.hypervisor.kvm_virtio_pci.  Subclasses take (backend, memory, devices, *,
+    strict, report) and describe() their devices."""
+
+    # -- the device bus (launcher.transports.bus) -----------------------------------------------
+    console_is_virtio = False       # the guest's console is the backend's 8250; hvc0 is optional
+
+    @classmethod
+    def memory_size(cls, ram_size: int) -> int:
+        return ram_size             # the devices sit in the 32-bit hole, above RAM
+
+    @classmethod
+    def device_specs(cls, extra: tuple, hvc: str | None = None) -> list:
+        """Nothing unless a device or --hvc=pty|stdio is asked for; the virtio console (hvc0)
+        first unless --hvc=none."""
+        if not extra and hvc in (None, "none"):
+            return []
+        return [*([] if hvc == "none" else [ConsoleSpec()]), *extra]
+
+    @classmethod
+    def place(cls, backend, memory, devices: list, *, ram_size: int, specs: list,
+              report: Report = Report(), early_console=None, strict: bool = False):
+        bus = cls(backend, memory, devices, strict=strict, report=report)
+        for line in bus.describe():
+            report.say(line)
+        return bus
+
+    def check_kernel_end(self, end: int) -> None:
+        """The loader already keeps the kernel inside RAM; the devices are above it."""
+
+    def before_initialize(self) -> None:
+        """KVM learned the ranges, ioeventfds and irqfds as they were placed."""
+
+    def notify(self, addr: int, value: int = 0) -> None:
+        self.report.say(f"ignoring a notification at {addr:#x}: no device claims it")
+
+
+class KvmVirtioMmio(KvmVirtioBus):
     """Puts `devices` on `backend` (a KvmBackend) as virtio-mmio devices.
 
     Uses the backend's mmio bus, attach_eventfd (KVM_IOEVENTFD) and attach_irqfd (KVM_IRQFD).
@@ -85,18 +137,12 @@ class KvmVirtioMmio:
         self.backend = backend
         self.report = report
         self.slots: list[MmioSlot] = []
-        use_irqfd = getattr(backend, "irqchip", False) and hasattr(backend, "attach_irqfd")
         try:
             for n, device in enumerate(devices):
                 addr, irq = base + n * MMIO_STRIDE, irqs[n]
-                irq_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if use_irqfd else None
+                irq_fd, interrupt = line_interrupt(backend, irq)
                 slot = MmioSlot(None, addr, irq, irq_fd, False)
                 self.slots.append(slot)
-                if irq_fd is not None:
-                    backend.attach_irqfd(irq_fd, irq)
-                    interrupt = _signal(irq_fd)
-                else:
-                    interrupt = (lambda line=irq: backend.raise_interrupt(line))
                 slot.transport = MmioTransport(device, memory, interrupt=interrupt, strict=strict,
                                                event_idx=event_idx, name=f"{device.name}@{addr:#x}")
                 backend.mmio.register(addr, MMIO_WINDOW, slot.transport)
@@ -130,38 +176,6 @@ class KvmVirtioMmio:
                 + (" (irqfd" if slot.irq_fd is not None else " (KVM_IRQ_LINE")
                 + (", ioeventfd kicks)" if slot.fast_notify else ", kicks through the exit loop)")
                 for slot in self.slots]
-
-    # -- the device bus (launcher.transports.bus) -----------------------------------------------
-    console_is_virtio = False       # the guest's console is the backend's 8250; hvc0 is optional
-
-    @classmethod
-    def memory_size(cls, ram_size: int) -> int:
-        return ram_size             # the windows sit in the 32-bit hole, above RAM
-
-    @classmethod
-    def device_specs(cls, extra: tuple, hvc: str | None = None) -> list:
-        """Nothing unless a device or --hvc=pty|stdio is asked for; the virtio console (hvc0)
-        first unless --hvc=none."""
-        if not extra and hvc in (None, "none"):
-            return []
-        return [*([] if hvc == "none" else [ConsoleSpec()]), *extra]
-
-    @classmethod
-    def place(cls, backend, memory, devices: list, *, ram_size: int, specs: list,
-              report: Report = Report(), early_console=None, strict: bool = False) -> "KvmVirtioMmio":
-        bus = cls(backend, memory, devices, strict=strict, report=report)
-        for line in bus.describe():
-            report.say(line)
-        return bus
-
-    def check_kernel_end(self, end: int) -> None:
-        """The loader already keeps the kernel inside RAM; the windows are above it."""
-
-    def before_initialize(self) -> None:
-        """KVM learned the windows, ioeventfds and irqfds as they were placed."""
-
-    def notify(self, addr: int, value: int = 0) -> None:
-        self.report.say(f"ignoring a notification at {addr:#x}: no device claims it")
 
     # -- snapshots ----------------------------------------------------------------------------------
     def save_state(self) -> list[dict]:

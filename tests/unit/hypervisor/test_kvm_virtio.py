@@ -15,7 +15,8 @@ from launcher.hypervisor.kvm_virtio import IRQS, MMIO_BASE, KvmVirtioMmio, TooMa
 from launcher.io.service import QueueWorkers
 from launcher.loader import Cmdline, KernelKind
 from launcher.memory import GuestMemory
-from launcher.transports.mmio import MAGIC_VALUE, MmioRule
+from launcher.transports.mmio import MAGIC_VALUE
+from launcher.transports.virtio_core import VirtioRule
 from tests.unit import tiny_guests as g
 
 pytestmark = pytest.mark.kvm
@@ -74,7 +75,7 @@ def test_queue_notify_is_an_ioeventfd_and_registers_take_the_exit_loop():
     assert mmio_exits == 2                             # the notify of queue 3 and the MagicValue read
     t = mmio.slots[1].transport
     assert t.metrics.notifies == 1
-    assert t.metrics.rules_broken == {MmioRule.NOTIFY_QUEUE_NOT_READY.name: 1}
+    assert t.metrics.rules_broken == {VirtioRule.NOTIFY_QUEUE_NOT_READY.name: 1}
 
 
 def test_transport_trigger_signals_the_irqfd():

@@ -13,7 +13,7 @@ mixed with well-formed traffic, then checks:
   * no write reached past a disk's end (MemoryDisk.write_from asserts; a canary tail beyond
     the disk's size is unchanged and the buffer keeps its length);
   * every refusal is counted and named: each "driver broke a rule" warning is one tick of
-    transport metrics.rules_broken under an MmioRule name, each "guest fault" warning one tick
+    transport metrics.rules_broken under an MmioRule or VirtioRule name, each "guest fault" warning one tick
     of device metrics.guest_faults, and the refusals we provoke on purpose are counted;
   * after a reset the device works again: a Linux-style handshake breaks no rule and a good
     request completes with the right data.
@@ -47,6 +47,7 @@ from launcher.transports.lguest_page import (
     STATUS_OFFSET, DeviceRegion, LguestDevicePage, vring_pages,
 )
 from launcher.transports.mmio import MMIO_WINDOW, MmioReg, MmioRule, MmioTransport
+from launcher.transports.virtio_core import VirtioRule
 from launcher.virtqueue import avail_ring_size, desc_table_size, used_ring_size
 from tests.strategies import raw_descs
 
@@ -304,7 +305,7 @@ def test_hostile_mmio_driver(kind, ops):
             assert dev.status == 0 and not dev.active and not runner.threads
             check_aftermath(kind, dev, host, runner, escaped, counter)
             assert counter.rules == sum(t.metrics.rules_broken.values())
-            assert set(t.metrics.rules_broken) <= set(MmioRule.__members__)
+            assert set(t.metrics.rules_broken) <= set(MmioRule.__members__) | set(VirtioRule.__members__)
             broken, faults = sum(t.metrics.rules_broken.values()), dev.metrics.guest_faults
             drv = MmioDriver(t, memory, base=0x60000, region=0x20000)
             rings = dict(enumerate(drv.init(len(dev.queues))))

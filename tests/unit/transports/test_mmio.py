@@ -19,6 +19,9 @@ from launcher.memory import GuestMemory
 from launcher.transports.mmio import (
     CONFIG_SPACE, MAGIC_VALUE, InterruptStatus, MmioReg, MmioRule, MmioRuleBroken, MmioTransport,
 )
+from launcher.transports.virtio_core import VirtioRule
+
+RULES = [*MmioRule, *VirtioRule]
 
 MEM = 1 << 20
 A, D, FO, OK = (DeviceStatus.ACKNOWLEDGE, DeviceStatus.DRIVER, DeviceStatus.FEATURES_OK,
@@ -267,36 +270,36 @@ def queue_ready(drv):
 
 CASES = {
     MmioRule.CONTROL_REGISTER_WIDTH: (None, lambda d: d.read(MmioReg.STATUS, size=2)),
-    MmioRule.CONFIG_ACCESS_WIDTH: (None, lambda d: d.bus.read(CONFIG_SPACE + 2, 4)),
+    VirtioRule.CONFIG_ACCESS_WIDTH: (None, lambda d: d.bus.read(CONFIG_SPACE + 2, 4)),
     MmioRule.UNDEFINED_REGISTER: (None, lambda d: d.read(0x018)),
     MmioRule.WRITE_OF_READ_ONLY: (None, lambda d: d.write(MmioReg.MAGIC_VALUE, 1)),
     MmioRule.READ_OF_WRITE_ONLY: (None, lambda d: d.read(MmioReg.QUEUE_NOTIFY)),
-    MmioRule.FEATURES_BEFORE_DRIVER: (lambda d: d.write(MmioReg.STATUS, A),
+    VirtioRule.FEATURES_BEFORE_DRIVER: (lambda d: d.write(MmioReg.STATUS, A),
                                       lambda d: d.read(MmioReg.DEVICE_FEATURES)),
-    MmioRule.FEATURES_AFTER_FEATURES_OK: (ready_for_queues, lambda d: d.write(MmioReg.DRIVER_FEATURES, 0)),
-    MmioRule.VERSION_1_REQUIRED: (None, lambda d: d.negotiate(wanted=~V1)),
-    MmioRule.FEATURES_OK_NOT_REREAD: (
+    VirtioRule.FEATURES_AFTER_FEATURES_OK: (ready_for_queues, lambda d: d.write(MmioReg.DRIVER_FEATURES, 0)),
+    VirtioRule.VERSION_1_REQUIRED: (None, lambda d: d.negotiate(wanted=~V1)),
+    VirtioRule.FEATURES_OK_NOT_REREAD: (
         lambda d: (d.write(MmioReg.STATUS, A), d.write(MmioReg.STATUS, A | D), d.write_driver_features(V1),
                    d.write(MmioReg.STATUS, A | D | FO)),
         lambda d: d.write(MmioReg.STATUS, A | D | FO | OK)),
-    MmioRule.QUEUE_SETUP_OUTSIDE_WINDOW: (None, lambda d: d.write(MmioReg.QUEUE_NUM, 16)),
-    MmioRule.QUEUE_SETUP_WHILE_READY: (queue_ready, lambda d: d.write(MmioReg.QUEUE_DESC_LOW, 0x2000)),
-    MmioRule.QUEUE_NOT_PRESENT: (ready_for_queues,
+    VirtioRule.QUEUE_SETUP_OUTSIDE_WINDOW: (None, lambda d: d.write(MmioReg.QUEUE_NUM, 16)),
+    VirtioRule.QUEUE_SETUP_WHILE_READY: (queue_ready, lambda d: d.write(MmioReg.QUEUE_DESC_LOW, 0x2000)),
+    VirtioRule.QUEUE_NOT_PRESENT: (ready_for_queues,
                                  lambda d: (d.write(MmioReg.QUEUE_SEL, 3), d.write(MmioReg.QUEUE_NUM, 16))),
-    MmioRule.QUEUE_NUM_INVALID: (ready_for_queues, lambda d: d.write(MmioReg.QUEUE_NUM, 3)),
-    MmioRule.QUEUE_LAYOUT_INVALID: (
+    VirtioRule.QUEUE_NUM_INVALID: (ready_for_queues, lambda d: d.write(MmioReg.QUEUE_NUM, 3)),
+    VirtioRule.QUEUE_LAYOUT_INVALID: (
         ready_for_queues,
         lambda d: (d.write(MmioReg.QUEUE_NUM, 16), d.write(MmioReg.QUEUE_DESC_LOW, MEM - 16),
                    d.write(MmioReg.QUEUE_READY, 1))),
-    MmioRule.NOTIFY_QUEUE_NOT_READY: (live, lambda d: d.notify(1)),
+    VirtioRule.NOTIFY_QUEUE_NOT_READY: (live, lambda d: d.notify(1)),
 }
 
 
 def test_every_rule_has_a_case():
-    assert set(CASES) == set(MmioRule)
+    assert set(CASES) == set(RULES)
 
 
-@pytest.mark.parametrize("rule", list(MmioRule), ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_strict_mode_raises_naming_the_rule(memory, rule):
     setup, breach = CASES[rule]
     t, drv, _ = make(memory)
@@ -308,7 +311,7 @@ def test_strict_mode_raises_naming_the_rule(memory, rule):
     assert rule.name in str(info.value) and "(" in str(info.value)    # names the spec section
 
 
-@pytest.mark.parametrize("rule", list(MmioRule), ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_lenient_mode_counts_and_carries_on(memory, rule, caplog):
     setup, breach = CASES[rule]
     t, drv, _ = make(memory, strict=False)
@@ -317,7 +320,7 @@ def test_lenient_mode_counts_and_carries_on(memory, rule, caplog):
     try:
         breach(drv)
     except Exception as err:    # only the fake driver's own complaint (refused FEATURES_OK) may escape
-        assert rule is MmioRule.VERSION_1_REQUIRED, err
+        assert rule is VirtioRule.VERSION_1_REQUIRED, err
     assert t.metrics.rules_broken[rule.name] == 1
     assert rule.value in caplog.text
 
