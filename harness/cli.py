@@ -29,8 +29,8 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.fakes.lguest_host import register as register_fake_backend
-    register_fake_backend()     # `--backend fake`: the launcher never imports the harness itself
+    from harness.backends import register
+    register()      # `--backend fake`, `--backend qemu`: the launcher never imports the harness itself
     parser = argparse.ArgumentParser(
         prog="lguest-harness",
         description="Boot and test Linux guest kernels and virtio devices.",

@@ -81,7 +81,7 @@ class GuestSpec:
         """Where the channel's agent runs: hvc0 (kvm), console (fake), or None (no channel)."""
         if not self.channel:
             return None
-        return {None: "hvc0", "kvm": "hvc0", "fake": "console"}.get(self.backend)
+        return {None: "hvc0", "kvm": "hvc0", "qemu": "hvc0", "fake": "console"}.get(self.backend)
 
 
 def _guest_bytes_unchanged() -> None:

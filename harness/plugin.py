@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import os
 import re
 from pathlib import Path
 
@@ -41,7 +40,7 @@ _IMAGES = pytest.StashKey[dict]()         # content hash of files=/commands= -> 
 _KTAP_FAILED = pytest.StashKey[list]()    # an item's failing KTAP subtests
 READY_TIMEOUT = 300
 
-BACKEND_NEEDS = {"kvm": "/dev/kvm", "lguest": "/dev/lguest"}
+AUTO = "auto"
 
 
 # -- options and markers -------------------------------------------------------------------
@@ -49,15 +48,22 @@ def pytest_addoption(parser):
     group = parser.getgroup("lguest-harness", "guests booted by lguest-harness")
     group.addoption("--guest-kernel", type=Path, help="guest kernel (vmlinux or bzImage); default: the recipe kernel")
     group.addoption("--guest-initrd", type=Path, help="guest initramfs; default: the harness's busybox image")
-    group.addoption("--guest-backend", default=None, help="hypervisor backend: kvm, lguest or fake")
+    group.addoption("--guest-backend", default=None,
+                    help="hypervisor backend: kvm (the default), qemu, lguest, fake, or auto (kvm on ordinary KVM, "
+                         "qemu where /dev/kvm is missing or emulates guest kernel code; the report header says why)")
     group.addoption("--guest-mem", type=int, default=64, help="guest memory in MiB (default 64)")
     group.addoption("--guest-keep-logs", type=Path, metavar="DIR", help="save failing guests' logs under DIR")
+    group.addoption("--guest-differential", metavar="A,B", default=None,
+                    help="the two backends a differential test compares (default kvm,qemu)")
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
                    "scope=, fresh=): how the `guest` fixture boots its guest")
+    config.addinivalue_line(
+        "markers", "differential(backends=, block=, **guest options): the `differential` fixture boots the "
+                   "guest on two backends and compares the commands the test runs (harness.differential)")
     config.stash[_POOL] = {}
     config.stash[_NUMBERS] = itertools.count(1)
     config.stash[_CHECKED] = {}
@@ -70,10 +76,27 @@ def _check_options(config) -> None:
     if not hasattr(config.option, "guest_kernel"):
         return
     kernel, initrd = config.getoption("--guest-kernel"), config.getoption("--guest-initrd")
-    problem = (kernel and kernel_problem(kernel, config.getoption("--guest-backend"))) or \
+    problem = (kernel and kernel_problem(kernel, _option_backend(config))) or \
         (initrd and initrd_problem(initrd))
     if problem:
         raise pytest.UsageError(problem)
+
+
+def _option_backend(config) -> str | None:
+    """--guest-backend, with auto resolved (harness.backends.choose)."""
+    backend = config.getoption("--guest-backend", None)
+    if backend == AUTO:
+        from harness.backends import choose
+        return choose()[0]
+    return backend
+
+
+def pytest_report_header(config):
+    if getattr(config.option, "guest_backend", None) == AUTO:
+        from harness.backends import choose
+        name, why = choose()
+        return f"lguest-harness: --guest-backend auto chose {name}: {why}"
+    return None
 
 
 def pytest_generate_tests(metafunc):
@@ -121,11 +144,13 @@ def guest_image(pytestconfig, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def guest_backend(request) -> str:
-    """The backend under test: the marker's parametrised one, else --guest-backend, else kvm."""
-    backend = getattr(request, "param", None) or request.config.getoption("--guest-backend") or "kvm"
-    device = BACKEND_NEEDS.get(backend)
-    if device and not os.path.exists(device):
-        pytest.skip(f"backend {backend} needs {device}, which this host lacks")
+    """The backend under test: the marker's parametrised one, else --guest-backend (auto resolved),
+    else kvm."""
+    from harness.backends import lacks
+    backend = getattr(request, "param", None) or _option_backend(request.config) or "kvm"
+    missing = lacks(backend)
+    if missing:
+        pytest.skip(f"backend {backend} needs {missing}, which this host lacks")
     return backend
 
 
@@ -207,9 +232,9 @@ class _Booter:
 
     def restore_fresh(self, spec: GuestSpec, name: str) -> Guest:
         """A guest restored from the spec's cached snapshot (a boot where snapshots are not supported)."""
-        from harness.fakes.lguest_host import register
+        from harness.backends import register
         from launcher.hypervisor import backend_class, default_backend
-        register()      # --guest-backend fake names the harness's backend
+        register()      # --guest-backend fake or qemu names the harness's backend
         if not backend_class(spec.backend or default_backend()).snapshots:
             return self.boot(spec, name)
         from harness import snapshots
@@ -361,6 +386,32 @@ def _pooled(request, booter: _Booter, spec: GuestSpec, scope: str) -> Guest:
     else:
         request.node.stash.setdefault(_GUESTS, []).append(guest)
     return guest
+
+
+# -- differential runs ---------------------------------------------------------------------
+@pytest.fixture
+def differential(request, guest_kernel, guest_image, tmp_path_factory):
+    """The guest of the test's differential marker on two backends (harness.differential):
+    booted side by side, each with its own copy of the marker's disks; shut down after the test."""
+    from harness.backends import lacks
+    from harness.differential import DEFAULT_PAIR, Differential, make_disk
+    marker = request.node.get_closest_marker("differential")
+    options = dict(marker.kwargs) if marker else {}
+    chosen = request.config.getoption("--guest-differential")
+    pair = tuple(options.pop("backends", None) or (chosen.split(",") if chosen else DEFAULT_PAIR))
+    for backend in pair:
+        if lacks(backend):
+            pytest.skip(f"backend {backend} needs {lacks(backend)}, which this host lacks")
+    items, runs = options.pop("block", ()), Differential({})
+    for backend in pair:
+        booter = _booter(request, guest_kernel, guest_image, backend, tmp_path_factory)
+        copies = [make_disk(item, booter.log_dir / f"disk{i}.img") for i, item in enumerate(items)]
+        guest = booter.start(booter.spec(block=copies, **options), backend)
+        request.addfinalizer(lambda guest=guest: _shutdown(guest))
+        runs.guests[backend], runs.disks[backend] = guest, copies
+    for guest in runs.guests.values():     # booted side by side: the slower one sets the pace
+        _wait_ready(guest)
+    return runs
 
 
 # -- KTAP results as tests -------------------------------------------------------------------

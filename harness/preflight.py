@@ -58,8 +58,8 @@ def initrd_problem(path: Path, what: str = "--guest-initrd") -> str | None:
 
 
 def _backend(name: str):
-    from harness.fakes.lguest_host import register
+    from harness.backends import register
     from launcher.hypervisor import backend_class
-    register()                      # "fake" is the harness's
+    register()                      # "fake" and "qemu" are the harness's
     return backend_class(name)
 

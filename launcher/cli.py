@@ -28,7 +28,7 @@ from native.build import NativeBuildError
 from launcher.config import DEFAULT_TIMEOUT, HVC_CHOICES, LaunchConfig, UsageError, parse_mem_mb
 from launcher.devspec import add_device_arguments, flag_specs
 from launcher.errors import LauncherError
-from launcher.hypervisor import BACKENDS, default_backend
+from launcher.hypervisor import BACKENDS, backend_class, default_backend
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, Outcome, Stopped
 from launcher.launcher import Launcher
 from launcher.transports.bus import Report
@@ -118,6 +118,9 @@ _stderr = say_to_stderr(PROG)
 
 def boot(args, **launcher_options) -> int:
     """Parse, run one guest, report; LauncherError escapes (run() turns it into one line)."""
+    own_vmm = getattr(backend_class(args.backend), "run_vmm", None)
+    if own_vmm is not None:     # a backend that is a whole VMM (the harness's qemu) takes the flags as parsed
+        return own_vmm(args)
     config = config_from_args(args)
     report = command_report(PROG, args.verbose)
     with Launcher(config, report=report, **launcher_options) as vm:

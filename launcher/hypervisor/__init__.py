@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from launcher.hostquirks import kvm_present
 from launcher.hypervisor.errors import UnknownBackend
 
 # name -> "module:callable"
@@ -27,7 +28,7 @@ def register_backend(name: str, target: str) -> None:
 def default_backend() -> str:
     """kvm where /dev/kvm exists; else lguest where /dev/lguest does; else kvm (which then
     says clearly why it cannot run)."""
-    if not os.path.exists("/dev/kvm") and os.path.exists("/dev/lguest"):
+    if not kvm_present() and os.path.exists("/dev/lguest"):
         return "lguest"
     return "kvm"
 

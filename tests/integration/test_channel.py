@@ -1,32 +1,34 @@
-"""The command channel on real KVM guests (recipe kernel, the harness's initramfs with lh-agent on
-hvc0): the cases every backend shares (tests/channel_cases.py), then what only a real shell can do."""
+"""The command channel on real guests (recipe kernel, the harness's initramfs with lh-agent on
+hvc0), on our KVM launcher and on QEMU (the reference VMM: its virtio console behind our hvc0
+pty): the cases every backend shares (tests/channel_cases.py), then what only a real shell can do."""
 import pytest
 
 from harness.console import GuestTimeout
 from tests import channel_cases as cases
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
+BACKENDS = ["kvm", "qemu"]
 
 
-@pytest.mark.guest(mem=64)
+@pytest.mark.guest(mem=64, backends=BACKENDS)
 @pytest.mark.parametrize("case", cases.CASES, ids=lambda c: c.__name__)
 def test_channel_case(guest, tmp_path, case):
     case(guest, tmp_path)
 
 
-@pytest.mark.guest(mem=64)
+@pytest.mark.guest(mem=64, backends=BACKENDS)
 def test_garbage_written_into_hvc0_is_a_protocol_error(guest, tmp_path):
     cases.garbage_from_the_guest_is_a_protocol_error(guest, tmp_path, "printf 'junk on the channel' >/dev/hvc0")
 
 
-@pytest.mark.guest(mem=64)
+@pytest.mark.guest(mem=64, backends=BACKENDS)
 def test_serial_log_keeps_the_kernel_log_and_channel_output_stays_off_it(guest):
     assert guest.run("echo only-on-the-channel").stdout == "only-on-the-channel\n"
     assert "lguest-harness: ready" in guest.serial_log
     assert "only-on-the-channel" not in guest.serial_log
 
 
-@pytest.mark.guest(mem=64)
+@pytest.mark.guest(mem=64, backends=BACKENDS)
 def test_a_command_that_closes_stdout_early(guest):
     result = guest.run("echo before; exec 1>&-; echo after; echo to-stderr >&2")
     assert result.stdout == "before\n"
@@ -34,7 +36,7 @@ def test_a_command_that_closes_stdout_early(guest):
     assert guest.run("echo stdout-is-back").stdout == "stdout-is-back\n"   # only that command's stdout closed
 
 
-@pytest.mark.guest(mem=64)
+@pytest.mark.guest(mem=64, backends=BACKENDS)
 def test_an_endless_builtin_loop_is_killed_and_the_shell_state_starts_over(guest):
     guest.run("cd /tmp")
     with pytest.raises(GuestTimeout, match="killed"):
@@ -42,7 +44,7 @@ def test_an_endless_builtin_loop_is_killed_and_the_shell_state_starts_over(guest
     assert guest.run("pwd").stdout == "/\n"          # a new shell after the kill
 
 
-@pytest.mark.guest(mem=64)
+@pytest.mark.guest(mem=64, backends=BACKENDS)
 def test_shell_state_carries_over_between_commands(guest):
     guest.run("cd /proc; answer() { echo 42; }")
     assert guest.run("pwd; answer").stdout == "/proc\n42\n"
@@ -50,7 +52,7 @@ def test_shell_state_carries_over_between_commands(guest):
     assert guest.run("echo still here").stdout == "still here\n"
 
 
-@pytest.mark.guest(mem=64)
+@pytest.mark.guest(mem=64, backends=BACKENDS)
 def test_late_output_of_a_background_process_never_reaches_the_next_command(guest):
     guest.run("(sleep 1; echo late-from-background) &")
     assert guest.run("sleep 3; echo mine", timeout=60).stdout == "mine\n"

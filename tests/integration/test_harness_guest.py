@@ -9,7 +9,7 @@ grep -q ' /proc proc' /proc/mounts && echo 'ok 1 - proc is mounted' || echo 'not
 """
 
 
-@pytest.mark.guest(files={"bin/tap-demo": TAP_SCRIPT})
+@pytest.mark.guest(files={"bin/tap-demo": TAP_SCRIPT}, backends=["kvm", "qemu"])
 def test_uname_and_ktap_subtests(guest, ktap):
     assert guest.run("uname -r").status == 0
     result = ktap(guest, "sh /bin/tap-demo")

@@ -15,16 +15,16 @@ import pexpect.fdpexpect
 import pytest
 
 from harness.console import Guest
-from tests.integration.virtio_guest import sha256, shared_guest
+from tests.integration.virtio_guest import BACKENDS, sha256, shared_guest
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 
 BURST = 64 * 1024
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BACKENDS)
 def vg(request, tmp_path_factory):
-    return shared_guest(request, tmp_path_factory)
+    return shared_guest(request, tmp_path_factory, request.param)
 
 
 @pytest.fixture(scope="module")

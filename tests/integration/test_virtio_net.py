@@ -9,16 +9,16 @@ import time
 
 import pytest
 
-from tests.integration.virtio_guest import GUEST_IP, HOST_IP, netns_run, shared_guest
+from tests.integration.virtio_guest import BACKENDS, GUEST_IP, HOST_IP, netns_run, shared_guest
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 
 MIB = 1 << 20
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BACKENDS)
 def vg(request, tmp_path_factory):
-    return shared_guest(request, tmp_path_factory)
+    return shared_guest(request, tmp_path_factory, request.param)
 
 
 def test_guest_has_its_address(vg):

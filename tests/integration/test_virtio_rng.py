@@ -1,14 +1,14 @@
 """virtio-rng on virtio-mmio in the recipe guest: selected as /dev/hwrng's source, and it yields data."""
 import pytest
 
-from tests.integration.virtio_guest import shared_guest
+from tests.integration.virtio_guest import BACKENDS, shared_guest
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BACKENDS)
 def vg(request, tmp_path_factory):
-    return shared_guest(request, tmp_path_factory)
+    return shared_guest(request, tmp_path_factory, request.param)
 
 
 def test_virtio_rng_is_the_current_hwrng(vg):

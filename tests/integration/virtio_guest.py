@@ -12,6 +12,8 @@ to one guest, booted on first use and torn down when the pytest session ends:
     virtio6  block    /dev/vdd  read-only (--block-ro)
 
 The launcher runs inside the namespace (ip netns exec), so the tap and every packet stay in it.
+One such guest per backend (BACKENDS: our kvm, and QEMU as the reference VMM; a module's `vg`
+fixture is parametrised over them), each booted on first use.
 hvc0 is the console tests' own, so this guest has no command channel (harness.channel): its
 commands are typed on the serial console.
 """
@@ -27,11 +29,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from harness.backends import lacks
 from harness.console import Guest
 from harness.initramfs import build_initramfs
 from harness.kernel import ensure_kernel
 from harness.launch import GuestSpec, boot
 
+BACKENDS = ("kvm", "qemu")
 MEM_MB = 96
 READY_TIMEOUT = 400
 HOST_IP, GUEST_IP, PREFIX = "10.213.7.1", "10.213.7.2", 24
@@ -63,6 +69,7 @@ class VirtioGuest:
     shrink_disk: Path
     ro_disk: Path
     hvc_path: str
+    backend: str
 
     def run(self, command: str, timeout: float = 120):
         return self.guest.run(command, timeout=timeout)
@@ -85,25 +92,26 @@ class VirtioGuest:
             subprocess.run(["ip", "netns", "del", self.netns], check=False)
 
 
-_shared: VirtioGuest | None = None
+_shared: dict[str, VirtioGuest] = {}
 
 
-def shared_guest(request, tmp_path_factory) -> VirtioGuest:
-    """The session's virtio guest, booted on first call; removed when the session ends.
+def shared_guest(request, tmp_path_factory, backend: str = "kvm") -> VirtioGuest:
+    """The session's virtio guest on backend, booted on first call; removed when the session ends.
     The kernel is the recipe's (harness.kernel.ensure_kernel: built once, cached by hash)."""
-    global _shared
-    if _shared is None:
-        workdir = Path(tmp_path_factory.mktemp("virtio"))
+    missing = lacks(backend)
+    if missing:
+        pytest.skip(f"backend {backend} needs {missing}, which this host lacks")
+    if backend not in _shared:
+        workdir = Path(tmp_path_factory.mktemp(f"virtio-{backend}"))
         kernel = ensure_kernel(log=lambda msg: print(msg, file=sys.stderr, flush=True))
-        _shared = _boot(workdir, kernel)
-        request.config.add_cleanup(_close_shared)
-    return _shared
+        _shared[backend] = _boot(workdir, kernel, backend)
+        request.config.add_cleanup(lambda: _close_shared(backend))
+    return _shared[backend]
 
 
-def _close_shared() -> None:
-    global _shared
-    if _shared is not None:
-        shared, _shared = _shared, None
+def _close_shared(backend: str) -> None:
+    shared = _shared.pop(backend, None)
+    if shared is not None:
         shared.close()
 
 
@@ -132,32 +140,32 @@ def _make_disks(workdir: Path):
     return rw, ext4, files, shrink, ro
 
 
-def _make_netns() -> str:
-    name = f"lhvirtio{os.getpid()}"
+def _make_netns(backend: str) -> str:
+    name = f"lhvirtio{backend}{os.getpid()}"
     subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
     subprocess.run(["ip", "netns", "add", name], check=True)
     subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
     return name
 
 
-def _boot(workdir: Path, kernel) -> VirtioGuest:
+def _boot(workdir: Path, kernel, backend: str) -> VirtioGuest:
     rw, ext4, files, shrink, ro = _make_disks(workdir)
     initrd = build_initramfs(workdir / "initramfs.cpio")
-    ns = _make_netns()
+    ns = _make_netns(backend)
     try:
         spec = GuestSpec(
-            kernel=Path(kernel.vmlinux), initrd=initrd, mem=MEM_MB,
+            kernel=Path(kernel.vmlinux), initrd=initrd, mem=MEM_MB, backend=backend,
             cmdline=("console=ttyS0", "panic=-1", "quiet",
                      f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off"),
             block=(str(rw), str(ext4), str(shrink)), net=(f"{HOST_IP}/{PREFIX}",), rng=True,
             extra_args=(f"--block-ro={ro}",), netns=ns, timeout=3600,
             channel=False)      # test_virtio_console drives hvc0 itself: no lh-agent on it, commands typed
-        guest = boot(spec, workdir, name="virtio", ready_timeout=READY_TIMEOUT)
+        guest = boot(spec, workdir, name=f"virtio-{backend}", ready_timeout=READY_TIMEOUT)
     except BaseException:
         subprocess.run(["ip", "netns", "del", ns], check=False)
         raise
     hvc = _hvc_path(guest)
-    return VirtioGuest(guest, ns, workdir, rw, ext4, files, shrink, ro, hvc)
+    return VirtioGuest(guest, ns, workdir, rw, ext4, files, shrink, ro, hvc, backend)
 
 
 def _hvc_path(guest: Guest, timeout: float = 10) -> str:

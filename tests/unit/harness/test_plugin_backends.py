@@ -9,7 +9,7 @@ def test_missing_backend_is_skipped_with_the_device_it_needs(pytester, monkeypat
         def test_needs_lguest(guest_backend):
             assert guest_backend == "lguest"
     """)
-    monkeypatch.setattr("harness.plugin.BACKEND_NEEDS", {"lguest": "/nonexistent/lguest"})
+    monkeypatch.setattr("harness.backends.lacks", lambda backend: "/nonexistent/lguest" if backend == "lguest" else None)
     result = pytester.runpytest("-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*backend lguest needs /nonexistent/lguest, which this host lacks*"])
