@@ -278,6 +278,16 @@ def build_devices(specs: list[DeviceSpec], backends: HostBackends | None = None,
     return devices
 
 
+TEST_FAULT_ENV = "LGUEST_HARNESS_TEST_FAULT"     # test-only broken device models, by name
+
+
+def _test_fault(backend):
+    """The block backend, or (LGUEST_HARNESS_TEST_FAULT=blk-flip-reads) one whose reads are
+    corrupted: how the differential runs' own tests prove that they catch a broken device."""
+    from launcher.devices.block import FlippedReads
+    return FlippedReads(backend) if os.environ.get(TEST_FAULT_ENV) == "blk-flip-reads" else backend
+
+
 def _build_one(spec: DeviceSpec, backends: HostBackends, strict: bool):
     from launcher.devices.block import BlockDevice
     from launcher.devices.console import ConsoleDevice
@@ -289,7 +299,7 @@ def _build_one(spec: DeviceSpec, backends: HostBackends, strict: bool):
         if isinstance(spec, NetSpec):
             return NetDevice(backends.net(spec), mac=spec.mac, strict=strict)
         if isinstance(spec, BlockSpec):
-            return BlockDevice(backends.block(spec), strict=strict)
+            return BlockDevice(_test_fault(backends.block(spec)), strict=strict)
         if isinstance(spec, RngSpec):
             return RngDevice(backends.entropy(), strict=strict)
     except OSError as err:

@@ -123,6 +123,25 @@ class IdBufferTooShort(BlockRequestFault):
                          f"{VIRTIO_BLK_ID_BYTES}-byte ID string (5.2.6.1)")
 
 
+class FlippedReads:
+    """A test-only fault: the first byte of every read comes back inverted, i.e. a broken block
+    device model for differential runs against a reference VMM to catch (harness.differential).
+    Never used unless LGUEST_HARNESS_TEST_FAULT=blk-flip-reads (launcher.devspec)."""
+
+    def __init__(self, backend: BlockBackend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def read_into(self, views: list[memoryview], offset: int) -> int:
+        got = self._backend.read_into(views, offset)
+        first = next((view for view in views if len(view)), None)
+        if got and first is not None:
+            first[0] ^= 0xFF
+        return got
+
+
 class BlockDevice(VirtioDevice):
     device_id = DeviceId.BLOCK
     name = "block"
