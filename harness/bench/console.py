@@ -1,14 +1,15 @@
 """`lguest-harness bench console`: the command channel (harness.channel) against the typed serial
-console, on the kvm and fake backends.
+console, on the kvm, qemu and fake backends, side by side.
 
 Per backend, one booted guest: the overhead of a command that spawns nothing (`:`, a shell
-builtin) over the channel and, for comparison, typed on the serial console (kvm: the 8250 shell
-beside the agent; fake: a second guest booted without the channel); a process spawn (`/bin/busybox
+builtin) over the channel and, for comparison, typed on the serial console (kvm, qemu: the 8250
+shell beside the agent; fake: a second guest booted without the channel); a process spawn (`/bin/busybox
 true` minus the builtin: the guest's own cost, the host's emulation of guest kernel code on
 kvm_pvm); bulk stdout (`head -c N /dev/zero`); the guest kernel alone moving N MiB (`dd` from
 /dev/zero to /dev/null: the ceiling of any path through the guest kernel); put and get of N MiB
 of random bytes, checked byte for byte.  Each figure is the median of --runs, with the launcher's CPU over the same interval
-(vCPU thread, which on kvm_pvm includes the emulated guest kernel, and the device threads).
+(vCPU thread, which on kvm_pvm includes the emulated guest kernel, and the device threads; under
+qemu: all of QEMU, and our relay).
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.backends import lacks
 from harness.bench.runner import MIB, Cpu, launcher_cpu
 
-BACKENDS = ("fake", "kvm")
+BACKENDS = ("fake", "kvm", "qemu")
 DEFAULT_MIB = 16
 
 
@@ -37,14 +39,19 @@ def _median(samples: list[tuple[float, Cpu]]) -> tuple[float, Cpu]:
     return wall, Cpu(statistics.median(c.vcpu for _, c in samples), statistics.median(c.devices for _, c in samples))
 
 
-def _boot(backend: str, tmp: Path, channel: bool = True):
+def _spec(backend: str, tmp: Path, channel: bool = True):
     from harness.initramfs import build_initramfs
     from harness.kernel import ensure_kernel
-    from harness.launch import GuestSpec, boot
+    from harness.launch import GuestSpec
     kernel = Path(ensure_kernel(log=lambda msg: print(msg, file=sys.stderr, flush=True)).vmlinux)
     initrd = build_initramfs(tmp / "initramfs.cpio")
-    spec = GuestSpec(kernel=kernel, initrd=initrd, mem=128, backend=backend, timeout=7200, channel=channel)
-    return boot(spec, tmp, name=f"bench-{backend}{'' if channel else '-serial'}", ready_timeout=600)
+    return GuestSpec(kernel=kernel, initrd=initrd, mem=128, backend=backend, timeout=7200, channel=channel)
+
+
+def _boot(backend: str, tmp: Path, channel: bool = True):
+    from harness.launch import boot
+    return boot(_spec(backend, tmp, channel), tmp, name=f"bench-{backend}{'' if channel else '-serial'}",
+                ready_timeout=600)
 
 
 def _serial_run(guest, command: str) -> None:
@@ -87,13 +94,14 @@ def bench_backend(backend: str, runs: int, mib: int, tmp: Path) -> dict:
         if back.read_bytes() != data.read_bytes():
             raise RuntimeError("get did not bring back the bytes put")
         run("rm -f /tmp/data.bin")
-        if backend == "kvm":
+        serial_beside = _spec(backend, tmp).agent_console() == "hvc0"     # the 8250 shell is free
+        if serial_beside:
             rows["builtin `:` (serial, typed)"] = (_median([_measure(guest, lambda: _serial_run(guest, ":"))
                                                            for _ in range(runs)]), None)
         guest.poweroff(timeout=300)
     finally:
         guest.close()
-    if backend == "fake":
+    if not serial_beside:       # the agent is on the console itself: a second guest without it
         serial = _boot(backend, tmp, channel=False)
         try:
             rows["builtin `:` (serial, typed)"] = (_median([_measure(serial, lambda: serial.run(":"))
@@ -122,8 +130,9 @@ def main(args) -> int:
           f"launcher CPU = vCPU thread + device threads over the same interval")
     print(f"{'backend':<8} {'what':<30} {'wall s':>9} {'MB/s':>8} {'CPU s':>8} {'(vCPU':>8} {'devices)':>9}")
     for backend in backends:
-        if backend == "kvm" and not os.path.exists("/dev/kvm"):
-            print(f"{backend:<8} skipped: no /dev/kvm")
+        missing = lacks(backend)
+        if missing:
+            print(f"{backend:<8} skipped: no {missing}")
             continue
         with tempfile.TemporaryDirectory(prefix=f"bench-console-{backend}-") as tmp:
             rows = bench_backend(backend, runs, mib, Path(tmp))

@@ -37,14 +37,28 @@ class Cpu:
         return Cpu(self.vcpu - other.vcpu, self.devices - other.devices)
 
 
+def _ticks(path: str) -> int:
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])      # utime, stime (fields 14 and 15)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def launcher_cpu(pid: int) -> Cpu:
     """CPU seconds so far of the launcher process `pid`, split vCPU thread / the rest.
-    Threads that already ended are counted in the process's total, so the rest is derived."""
-    def ticks(path: str) -> int:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])      # utime, stime (fields 14 and 15)
-    total = ticks(f"/proc/{pid}/stat")
-    main = ticks(f"/proc/{pid}/task/{pid}/stat")
+    Threads that already ended are counted in the process's total, so the rest is derived.
+    Under the qemu backend the launcher is our relay and QEMU its child: then "vCPU" is all
+    of QEMU (its vCPU and device emulation) and the rest is the relay's own."""
+    total = _ticks(f"/proc/{pid}/stat")
+    vmm = sum(_ticks(f"/proc/{child}/stat") for child in _children(pid))
+    if vmm:
+        return Cpu(vmm / _CLK, total / _CLK)
+    main = _ticks(f"/proc/{pid}/task/{pid}/stat")
     return Cpu(main / _CLK, (total - main) / _CLK)
 
 
