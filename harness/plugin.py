@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import os
 import re
 from pathlib import Path
 
@@ -38,7 +39,7 @@ _CHECKED = pytest.StashKey[dict]()        # (kernel, backend) -> problem or None
 _ATTACHED = pytest.StashKey[set]()        # guests whose logs an item's report already carries
 _IMAGES = pytest.StashKey[dict]()         # content hash of files=/commands= -> initramfs path
 _KTAP_FAILED = pytest.StashKey[list]()    # an item's failing KTAP subtests
-READY_TIMEOUT = 300
+READY_TIMEOUT = float(os.environ.get("LGUEST_HARNESS_READY_TIMEOUT", 300))    # seconds; raise it on a loaded host
 
 AUTO = "auto"
 

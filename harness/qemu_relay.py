@@ -16,6 +16,7 @@ start -> 1 with its message.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pty
@@ -43,6 +44,7 @@ STOP_GRACE = 5.0
 CHUNK = 65536
 SNDBUF = 64 << 20           # QEMU's end: what the guest may write before we read it
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+PR_SET_PDEATHSIG = 1
 ENDINGS = {ConsoleEvent.POWER_OFF: (Outcome.POWER_OFF, "the kernel printed 'reboot: Power down'"),
            ConsoleEvent.HALTED: (Outcome.HALTED, "the kernel printed 'System halted'")}
 
@@ -136,8 +138,10 @@ def _boot(the_plan: QemuPlan, args, say, stack: ExitStack, ours, theirs) -> int:
         detail = getattr(err, "stderr", b"") or b""
         say(f"cannot make the qemu backend's tap: {err} {detail.decode(errors='replace').strip()}")
         return EXIT_LAUNCHER_ERROR
+    stack.enter_context(_signals_interrupt())
     proc = subprocess.Popen(the_plan.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, pass_fds=[s.fileno() for s in theirs])
+                            stderr=subprocess.PIPE, pass_fds=[s.fileno() for s in theirs],
+                            preexec_fn=_die_with_parent)
     stack.callback(_stop, proc)
     for sock in theirs:
         sock.close()            # QEMU holds them now: its exit is our EOF
@@ -145,13 +149,19 @@ def _boot(the_plan: QemuPlan, args, say, stack: ExitStack, ours, theirs) -> int:
     if relay.hvc_path:
         say(f"virtio console (hvc0) on {relay.hvc_path}")
     stack.enter_context(_raw_stdio())
-    stack.enter_context(_signals_interrupt())
     try:
         stopped = relay.run(started + args.timeout)
     except QemuFailed as err:
         say(f"qemu failed: {err}")
         return EXIT_LAUNCHER_ERROR
     return _report(stopped, args, started, marker, say)
+
+
+def _die_with_parent() -> None:
+    """In QEMU's process before exec: SIGKILL when we die, even by SIGKILL (pexpect's last
+    resort), so no guest outlives its relay."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @contextmanager
