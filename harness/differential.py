@@ -37,7 +37,7 @@ class Differential:
     disks: dict[str, list[Path]] = field(default_factory=dict)
     agreed: list[str] = field(default_factory=list)
 
-    def run(self, command: str, timeout: float = 120, input: str | bytes | None = None,
+    def run(self, command: str, timeout: float = 300, input: str | bytes | None = None,
             compare: tuple[str, ...] = COMPARED) -> CommandResult:
         """Run command on every backend; the first's result when they agree on compare."""
         results = [(backend, guest.run(command, timeout=timeout, input=input))

@@ -249,12 +249,24 @@ class Relay:
         self.stderr_tail = (self.stderr_tail + data)[-4096:]
         os.write(2, data)
 
+    def describe_state(self) -> list[str]:
+        """What SIGQUIT prints (as the launcher's state dump, which Guest.state_dump reads)."""
+        names = ["stdin -> 8250", "8250 -> stdout", "hvc0 -> pty", "pty -> hvc0"]
+        return ["launcher state dump:", f"qemu pid {self.proc.pid}, "
+                + ("running" if self.proc.poll() is None else f"exited {self.proc.returncode}"),
+                *(f"{name}: {'open' if p.open else 'closed'}, {len(p.pending)} bytes pending"
+                  for name, p in zip(names, self.pipes)),
+                "console events: " + (", ".join(e.value for e in self.watcher.events) or "none")]
+
     def run(self, deadline: float) -> Stopped:
+        dump = lambda *_: print(f"{PROG}: " + "\n".join(self.describe_state()), file=sys.stderr, flush=True)  # noqa: E731
+        previous = signal.signal(signal.SIGQUIT, dump)     # the guest runs on, as under the launcher
         try:
             return self._loop(deadline)
         except _Interrupted as why:
             return Stopped(Outcome.INTERRUPTED, f"signal {why}")
         finally:
+            signal.signal(signal.SIGQUIT, previous)
             for fd in getattr(self, "_fds", ()):
                 os.close(fd)
 

@@ -64,13 +64,14 @@ def a_put_larger_than_memory_is_refused(guest, tmp_path: Path) -> None:
     assert guest.run("echo alive").stdout == "alive\n"
 
 
-def a_command_that_never_ends_times_out(guest, tmp_path: Path) -> None:
+def a_command_that_never_ends_times_out(guest, tmp_path: Path, dump_says=("transmitq", "avail idx")) -> None:
     with pytest.raises(GuestTimeout) as err:
         guest.run("echo started; sleep 10", timeout=2)
     message = str(err.value)
     assert "timed out after 2 s" in message and "console tail" in message and "started" in message
     # the launcher's state dump: where the vCPU was and what every virtqueue was waiting for
-    assert "launcher state dump" in message and "transmitq" in message and "avail idx" in message
+    # (under the qemu backend, QEMU's virtqueues are not ours: our relay's pipes and QEMU's pid)
+    assert "launcher state dump" in message and all(word in message for word in dump_says)
     assert guest.run("echo alive").stdout == "alive\n"
 
 
