@@ -121,12 +121,26 @@ def _boot_and_run(args, command: list[str], kernel: Path, work: Path) -> int:
     watcher = StatusWatcher(nonce, boot_log=sys.stderr.buffer if args.verbose else None)
     say = (lambda text: print(f"lguest-harness run: {text}", file=sys.stderr)) if args.verbose else Report.quiet
     report = Report(say=say, tell=say)
+    if not sys.stdin.isatty():
+        _no_input_on_stdin()
     with Launcher(config, console_out=watcher.feed, report=report) as vm:
         for device in vm.devices:
             if getattr(device, "external_queues", False):     # the guest's files are gone with it
                 device.on_failure = lambda reason: vm.request_stop(Outcome.INTERRUPTED, reason)
         stopped = vm.run()
     return watcher.result(stopped, args.timeout)
+
+
+def _no_input_on_stdin() -> None:
+    """CMD's stdin is /dev/null then (see init_script); give hvc0 a stdin that never ends, so
+    the console does not announce the end of ours on CMD's stderr."""
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    _KEEP_OPEN.append(write_end)
+
+
+_KEEP_OPEN: list[int] = []
 
 
 def environment(host: dict) -> dict:
