@@ -207,6 +207,7 @@ class StatusWatcher:
         self.before = bytearray()       # the boot log: shown only when the guest fails
         self.pending = bytearray()
         self.started = False
+        self._eol = False
         self.status: int | None = None
         self.failure: str | None = None
 
@@ -225,9 +226,21 @@ class StatusWatcher:
             rest = self.before[at + len(self.start):]
             del self.before[at:]
             self.started = True
-            data = bytes(rest).lstrip(b"\r\n")
+            self._eol = True            # the start line's own end, which may come in a later chunk
+            data = bytes(rest)
+        if self._eol and data:
+            data = self._drop_start_eol(data)
         self.pending += data
         self._check_mark(self.pending, forward=True)
+
+    def _drop_start_eol(self, data: bytes) -> bytes:
+        """Drop exactly the start line's "\n" (or "\r\n"), however the chunks split it."""
+        if data[:1] == b"\r":
+            data = data[1:]
+        if data[:1] == b"\n":
+            self._eol = False
+            data = data[1:]
+        return data
 
     def _check_mark(self, buffer: bytearray, forward: bool) -> None:
         match = self.marks.search(buffer)
