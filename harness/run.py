@@ -121,12 +121,26 @@ def _boot_and_run(args, command: list[str], kernel: Path, work: Path) -> int:
     watcher = StatusWatcher(nonce, boot_log=sys.stderr.buffer if args.verbose else None)
     say = (lambda text: print(f"lguest-harness run: {text}", file=sys.stderr)) if args.verbose else Report.quiet
     report = Report(say=say, tell=say)
+    if not sys.stdin.isatty():
+        _no_input_on_stdin()
     with Launcher(config, console_out=watcher.feed, report=report) as vm:
         for device in vm.devices:
             if getattr(device, "external_queues", False):     # the guest's files are gone with it
                 device.on_failure = lambda reason: vm.request_stop(Outcome.INTERRUPTED, reason)
         stopped = vm.run()
     return watcher.result(stopped, args.timeout)
+
+
+def _no_input_on_stdin() -> None:
+    """CMD's stdin is /dev/null then (see init_script); give hvc0 a stdin that never ends, so
+    the console does not announce the end of ours on CMD's stderr."""
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    _KEEP_OPEN.append(write_end)
+
+
+_KEEP_OPEN: list[int] = []
 
 
 def environment(host: dict) -> dict:
@@ -193,6 +207,7 @@ class StatusWatcher:
         self.before = bytearray()       # the boot log: shown only when the guest fails
         self.pending = bytearray()
         self.started = False
+        self._eol = False
         self.status: int | None = None
         self.failure: str | None = None
 
@@ -211,9 +226,21 @@ class StatusWatcher:
             rest = self.before[at + len(self.start):]
             del self.before[at:]
             self.started = True
-            data = bytes(rest).lstrip(b"\r\n")
+            self._eol = True            # the start line's own end, which may come in a later chunk
+            data = bytes(rest)
+        if self._eol and data:
+            data = self._drop_start_eol(data)
         self.pending += data
         self._check_mark(self.pending, forward=True)
+
+    def _drop_start_eol(self, data: bytes) -> bytes:
+        """Drop exactly the start line's "\n" (or "\r\n"), however the chunks split it."""
+        if data[:1] == b"\r":
+            data = data[1:]
+        if data[:1] == b"\n":
+            self._eol = False
+            data = data[1:]
+        return data
 
     def _check_mark(self, buffer: bytearray, forward: bool) -> None:
         match = self.marks.search(buffer)

@@ -17,7 +17,8 @@ CHECKOUT = str(Path(__file__).resolve().parents[2])     # this checkout's packag
 
 
 def run(*args, timeout=1800, env=None, **kwargs):
-    return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=timeout,
+    # --timeout 1500: one guest on this 2-core kvm_pvm host took ~8 min at load 12.
+    return subprocess.run([*RUN, "--timeout", "1500", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}, **kwargs)
 
 

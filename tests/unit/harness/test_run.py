@@ -69,3 +69,8 @@ def test_a_user_other_than_root_runs_through_su():
     script = init_script(["id"], "n", [], "/", user, {"HOME": "/home/alice"}, stdin_tty=True, keep_onlcr=True)
     assert "su -p -s /bin/sh alice -c" in script and "</dev/hvc0" in script
     assert "lowerdir=/newroot/home/alice" in script
+
+
+def test_the_start_lines_end_in_a_later_chunk_is_not_stderr():
+    watcher, err = _watch([b"\nlh-run-abc-start", b"\r", b"\nerr\n", b"\nlh-run-abc-exit:7\n"])
+    assert watcher.status == 7 and err.getvalue() == b"err\n"
