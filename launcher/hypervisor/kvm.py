@@ -20,9 +20,8 @@ from launcher.hypervisor.base import (
 )
 from launcher.hypervisor.bus import mmio_bus, port_bus
 from launcher.hypervisor.errors import NotInitialized
-from launcher.hypervisor.kvm_ports import (
-    COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, I8042_DATA, Cmos, I8042, UartPorts,
-)
+from launcher.hypervisor import i8042
+from launcher.hypervisor.kvm_ports import COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, Cmos, UartPorts
 from launcher.hypervisor.kvm_cpuid import present_as_guest
 from launcher.hypervisor.kvm_virtio import KvmVirtioMmio
 from launcher.hypervisor.kvm_sys import KvmSystem, ioctl
@@ -100,7 +99,7 @@ class KvmBackend(Backend):
         self.ports = port_bus()
         self.ports.register(COM1_BASE, COM1_LEN, UartPorts(self.uart, self._device_lock))
         self.ports.register(CMOS_INDEX, 2, Cmos())
-        self.ports.register(I8042_DATA, 5, I8042(self._on_reset))
+        self.ports.register(i8042.DATA_PORT, i8042.PORTS, i8042.I8042(self._on_reset))
         self.mmio = mmio_bus()
         self._stop: Stopped | None = None
         self._halt_probe = False
@@ -122,8 +121,10 @@ class KvmBackend(Backend):
 
     def cmdline_additions(self) -> list[CmdlineAddition]:
         console = CmdlineAddition("console=ttyS0", "this backend's console is the 8250 UART at 0x3f8")
+        keyboard = [CmdlineAddition(o, "the i8042 has no mouse and no keyboard behind it (launcher.hypervisor.i8042)")
+                    for o in i8042.KERNEL_OPTIONS]
         quirks = [CmdlineAddition(o.render(), o.reason) for o in kernel_options(self.host, self.tsc_khz())]
-        return [console, *quirks]
+        return [console, *keyboard, *quirks]
 
     def tsc_khz(self) -> int | None:
         return self.vcpu.tsc_khz()
