@@ -14,7 +14,7 @@ from native.kvm import ffi, lib
 
 from launcher.consolewatch import ConsoleEvent, ConsoleWatcher
 from launcher.hostquirks import HostKind, detect_host, kernel_options
-from launcher.hypervisor import kvm_exits, kvm_longmode as lm, kvm_snapshot
+from launcher.hypervisor import kvm_clock, kvm_exits, kvm_longmode as lm, kvm_snapshot
 from launcher.hypervisor.base import (
     Backend, BootLayout, BootSpec, CmdlineAddition, ConsoleOut, Notify, Outcome, RunEvent, RunStats, Stopped,
 )
@@ -141,6 +141,7 @@ class KvmBackend(Backend):
         regs = self.vcpu.get_regs()
         lm.set_boot_regs(regs, boot.entry, boot.boot_params)
         self.vcpu.set_regs(regs)
+        kvm_clock.set_clock(self.vm_fd, 0)      # kvm-clock starts with the guest, not with the VM
         self._initialized = True
 
     def raise_interrupt(self, irq: int) -> None:
