@@ -57,7 +57,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "guest(mem=, cmdline=, block=, net=, rng=, files=, commands=, backend=, backends=, "
-                   "scope=, fresh=): how the `guest` fixture boots its guest")
+                   "scope=, fresh=, cpus=, channel=): how the `guest` fixture boots its guest")
     config.stash[_POOL] = {}
     config.stash[_NUMBERS] = itertools.count(1)
     config.stash[_CHECKED] = {}
@@ -168,7 +168,7 @@ class _Booter:
         self.config = request.config
 
     def spec(self, mem=None, cmdline=(), block=(), net=None, rng=False, files=None, commands=(),
-             backend=None, timeout=900.0, kernel=None, initrd=None) -> GuestSpec:
+             backend=None, timeout=900.0, kernel=None, initrd=None, cpus=1, channel=True) -> GuestSpec:
         image = initrd or self.image
         if files or commands:
             image = self.custom_image(files or {}, tuple(commands))
@@ -178,7 +178,7 @@ class _Booter:
         return GuestSpec(kernel=kernel or self.kernel, initrd=image, mem=mem or self.config.getoption("--guest-mem"),
                          cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
-                         timeout=timeout)
+                         timeout=timeout, cpus=cpus, channel=channel)
 
     def custom_image(self, files: dict, commands: tuple[str, ...]) -> Path:
         """One initramfs per distinct content for the session: identical marks give identical

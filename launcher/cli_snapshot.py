@@ -79,6 +79,8 @@ class Pauser:
 
 def snapshot(args) -> int:
     config = cli.config_from_args(args)
+    if config.cpus > 1:
+        raise SnapshotError(f"--cpus={config.cpus}: snapshots hold one vCPU; boot the guest to snapshot with --cpus 1")
     directory = Path(args.directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise SnapshotError(f"snapshot {directory}: exists and is not an empty directory")

@@ -109,8 +109,9 @@ class Launcher:
         self.report.say(f"guest memory: {self.config.mem_mb} MiB at host {self.memory.host_address:#x}")
 
     def _open_backend(self, system_map: SystemMap | None) -> None:
+        smp = {"cpus": self.config.cpus} if self.config.cpus > 1 else {}   # only backends with max_cpus > 1
         self.backend = self.backend_class(self.memory, self.console_out, ram_size=self.config.ram_size,
-                                          system_map=system_map, **self.host.backend_options)
+                                          system_map=system_map, **smp, **self.host.backend_options)
 
     def _place_devices(self) -> None:
         specs = self.bus_class.device_specs(self.config.devices, self.config.hvc)
