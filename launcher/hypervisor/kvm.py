@@ -141,7 +141,7 @@ class KvmBackend(Backend):
     def boot_layout(self) -> BootLayout:
         size = self.memory.size
         e820 = [E820Entry(0, min(LOW_RAM_END, size))]
-        if self.irqchip and size > LOW_RAM_END:
+        if self.cpus > 1:
             e820.append(E820Entry(mptable.BASE, mptable.AREA, E820Type.RESERVED))
         if size > HIGH_RAM_START:
             e820.append(E820Entry(HIGH_RAM_START, size - HIGH_RAM_START))
@@ -173,7 +173,10 @@ class KvmBackend(Backend):
         regs = self.vcpu.get_regs()
         lm.set_boot_regs(regs, boot.entry, boot.boot_params)
         self.vcpu.set_regs(regs)
-        if self.irqchip:        # the MP table declares the in-kernel IOAPIC and the vCPUs' local APICs
+        if self.cpus > 1:
+            # The MP table declares the vCPUs' local APICs and KVM's IOAPIC.  A single vCPU gets none:
+            # the guest keeps the PIC in virtual-wire mode, as every uniprocessor guest here always
+            # has (with the table, the recipe kernel switched to the IOAPIC and stalled on kvm_pvm).
             mptable.write(self.memory, self.cpus)
         kvm_clock.set_clock(self.vm_fd, 0)      # kvm-clock starts with the guest, not with the VM
         self._initialized = True

@@ -74,3 +74,12 @@ def test_a_multi_vcpu_guest_cannot_be_snapshotted():
         other.initialize(BootSpec(0x100000, 0x7000, KernelKind.ELF64))
         with pytest.raises(SnapshotUnsupported, match="--cpus 1"):
             other.save_state()
+
+
+def test_the_mp_table_is_written_and_reserved_only_for_more_than_one_vcpu():
+    for cpus, expected in ((1, bytes(4)), (2, b"_MP_")):
+        with GuestMemory(4 << 20) as mem, KvmBackend(mem, lambda d: None, cpus=cpus) as backend:
+            backend.initialize(BootSpec(0x100000, 0x7000, KernelKind.ELF64))
+            assert mem.read(0x9FC00, 4) == expected
+            reserved = [(e.addr, e.size) for e in backend.boot_layout().e820 if e.type == 2]
+            assert reserved == ([(0x9FC00, 0x400)] if cpus > 1 else [])
