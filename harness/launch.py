@@ -51,6 +51,7 @@ class GuestSpec:
     netns: str | None = None          # run the launcher inside this network namespace
     timeout: float = 900.0
     channel: bool = True              # commands over the virtio console (harness.channel)
+    cpus: int = 1                     # --cpus
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "harness.cli", "boot", "--verbose", "--timeout", f"{self.timeout:g}"]
@@ -62,6 +63,7 @@ class GuestSpec:
         argv += [f"--tunnet={n}" for n in self.net]
         argv += ["--rng"] if self.rng else []
         argv += [f"--share={s}" for s in self.share]
+        argv += [f"--cpus={self.cpus}"] if self.cpus != 1 else []
         argv += ["--hvc=pty"] if self.agent_console() == "hvc0" else []
         argv += [*self.extra_args, str(self.mem), str(self.kernel), *self.kernel_args()]
         if self.netns:

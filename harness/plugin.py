@@ -62,7 +62,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "guest(mem=, cmdline=, block=, net=, rng=, shares=, files=, commands=, backend=, backends=, "
-                   "scope=, fresh=): how the `guest` fixture boots its guest")
+                   "scope=, fresh=, cpus=, channel=, transport=): how the `guest` fixture boots its guest")
     config.addinivalue_line(
         "markers", "differential(backends=, block=, **guest options): the `differential` fixture boots the "
                    "guest on two backends and compares the commands the test runs (harness.differential)")
@@ -195,7 +195,8 @@ class _Booter:
         self.config = request.config
 
     def spec(self, mem=None, cmdline=(), block=(), net=None, rng=False, files=None, commands=(),
-             backend=None, timeout=900.0, kernel=None, initrd=None, shares=(), transport=None) -> GuestSpec:
+             backend=None, timeout=900.0, kernel=None, initrd=None, shares=(), transport=None, cpus=1,
+             channel=True) -> GuestSpec:
         image = initrd or self.image
         shares = (shares,) if isinstance(shares, str) else tuple(shares)
         commands = (*share_mounts(shares), *commands)
@@ -208,7 +209,7 @@ class _Booter:
                          cmdline=cmd, backend=backend or self.backend, block=tuple(str(b) for b in blocks),
                          net=(ns.tunnet,) if ns else (), rng=rng, netns=ns.name if ns else None,
                          timeout=timeout, share=tuple(str(s) for s in shares),
-                         extra_args=(f"--transport={transport}",) if transport else ())
+                         extra_args=(f"--transport={transport}",) if transport else (), cpus=cpus, channel=channel)
 
     def custom_image(self, files: dict, commands: tuple[str, ...]) -> Path:
         """One initramfs per distinct content for the session: identical marks give identical

@@ -29,6 +29,7 @@ from launcher.config import DEFAULT_TIMEOUT, HVC_CHOICES, TRANSPORT_CHOICES, Lau
 from launcher.devspec import add_device_arguments, flag_specs
 from launcher.errors import LauncherError
 from launcher.hypervisor import BACKENDS, backend_class, default_backend
+from launcher.hypervisor import mptable
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, Outcome, Stopped
 from launcher.launcher import Launcher
 from launcher.transports.bus import Report
@@ -60,6 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="hypervisor backend (default: kvm where /dev/kvm exists)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"end the run after this long (default {DEFAULT_TIMEOUT:g}; inf: no limit); exit status 4")
+    parser.add_argument("--cpus", type=int, default=1, metavar="N",
+                        help=f"vCPUs (default 1; kvm: up to {mptable.max_cpus()}, each a thread, announced in an MP table)")
     parser.add_argument("--system-map", metavar="FILE", help="System.map for crash reports (default: beside KERNEL)")
     parser.add_argument("--stats-json", metavar="FILE",
                         help="write the run's figures (outcome, wall and in-hypervisor seconds, exits) as JSON")
@@ -87,8 +90,8 @@ def config_from_args(args) -> LaunchConfig:
     return LaunchConfig(
         mem_mb=parse_mem_mb(args.mem_mb), kernel=Path(args.kernel), kernel_args=tuple(args.kernel_args or ()),
         initrd=optional(args.initrd), devices=tuple(flag_specs(args)), backend=args.backend, timeout=args.timeout,
-        hvc=args.hvc, transport=args.transport, username=args.username, chroot=args.chroot, system_map=optional(args.system_map),
-        ready_marker=args.ready_marker)
+        hvc=args.hvc, transport=args.transport, username=args.username, chroot=args.chroot,
+        system_map=optional(args.system_map), ready_marker=args.ready_marker, cpus=args.cpus)
 
 
 def say_to_stderr(prog: str):

@@ -83,6 +83,8 @@ def snapshot(args) -> int:
     if config.shares:   # refused before a boot is wasted; the bus refuses too (a Python caller)
         raise SnapshotUnsupported(f"--share={config.shares[0].source}:{config.shares[0].tag}: a virtio-fs "
                                   f"device's rings live in its virtiofsd process, which a snapshot cannot save")
+    if config.cpus > 1:
+        raise SnapshotError(f"--cpus={config.cpus}: snapshots hold one vCPU; boot the guest to snapshot with --cpus 1")
     directory = Path(args.directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise SnapshotError(f"snapshot {directory}: exists and is not an empty directory")

@@ -67,6 +67,7 @@ class LaunchConfig:
     chroot: str | None = None           # chroot here once the hypervisor is set up
     system_map: Path | None = None      # for crash reports (default: beside the kernel)
     ready_marker: str | None = None     # note when this first appears on the console
+    cpus: int = 1                       # vCPUs (kvm: one thread each, found through the MP table)
 
     def __post_init__(self):
         if not MIN_MEM_MB <= self.mem_mb <= MAX_MEM_MB:
@@ -77,7 +78,10 @@ class LaunchConfig:
             raise UsageError(f"--hvc must be one of {', '.join(HVC_CHOICES)}, not {self.hvc!r}")
         if self.transport is not None and self.transport not in TRANSPORT_CHOICES:
             raise UsageError(f"--transport must be one of {', '.join(TRANSPORT_CHOICES)}, not {self.transport!r}")
-        backend_class(self.backend)     # UnknownBackend names the known ones
+        most = backend_class(self.backend).max_cpus     # UnknownBackend names the known ones
+        if isinstance(self.cpus, bool) or not isinstance(self.cpus, int) or not 1 <= self.cpus <= most:
+            raise UsageError(f"--cpus must be a whole number from 1 to {most} on the {self.backend} backend, "
+                             f"not {self.cpus!r}")
         object.__setattr__(self, "kernel", Path(self.kernel))
         object.__setattr__(self, "kernel_args", tuple(self.kernel_args))
         object.__setattr__(self, "devices", tuple(self.devices))

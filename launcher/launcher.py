@@ -28,6 +28,7 @@ from typing import Callable
 from launcher.config import LaunchConfig, UsageError
 from launcher.consolewatch import MarkerClock
 from launcher.devspec import HostBackends, build_devices, close_devices
+from launcher.hostquirks import detect_host, smp_warning
 from launcher.hypervisor import backend_class
 from launcher.hypervisor.base import BootSpec, Notify, Outcome, RebootPolicy, RunStats, Stopped
 from launcher.io.console import ConsoleInput, stdout_writer
@@ -111,8 +112,12 @@ class Launcher:
                         + (" (a shared memfd: vhost-user backends map it)" if shared else ""))
 
     def _open_backend(self, system_map: SystemMap | None) -> None:
+        smp = {"cpus": self.config.cpus} if self.config.cpus > 1 else {}   # only backends with max_cpus > 1
+        warning = smp and smp_warning(detect_host(), self.config.cpus)
+        if warning:
+            self.report.tell(warning)
         self.backend = self.backend_class(self.memory, self.console_out, ram_size=self.config.ram_size,
-                                          system_map=system_map, **self.host.backend_options)
+                                          system_map=system_map, **smp, **self.host.backend_options)
 
     def _place_devices(self) -> None:
         specs = self.bus_class.device_specs(self.config.devices, self.config.hvc)

@@ -113,6 +113,7 @@ class Backend(abc.ABC):
     bus: ClassVar[type]                          # launcher.transports.bus.DeviceBus
     reboot: ClassVar[RebootPolicy] = RebootPolicy.END_RUN
     boots: ClassVar[frozenset[KernelKind]] = frozenset(KernelKind)   # every kind the loader produces
+    max_cpus: ClassVar[int] = 1                  # more only where the constructor takes cpus=
 
     @classmethod
     def bus_for(cls, transport: str | None, kernel) -> type:

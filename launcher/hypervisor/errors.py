@@ -32,3 +32,7 @@ class SnapshotUnsupported(HypervisorError):
 
 class NotInitialized(HypervisorError):
     """run() or a device operation came before initialize()."""
+
+
+class TooManyVcpus(HypervisorError):
+    """More vCPUs than the backend (or its MP table) can give a guest."""

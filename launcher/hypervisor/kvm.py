@@ -1,11 +1,17 @@
-"""The KVM backend: one VM, one memory slot over GuestMemory, one vCPU, legacy PC ports.
+"""The KVM backend: one VM, one memory slot over GuestMemory, one or more vCPUs, legacy PC ports.
 
 Guest kernel code on a kvm_pvm host is emulated and slow, but the exit loop is not the
 bottleneck (a round trip is 30-70 us); the design keeps it that way: a bus lookup and
 a handler call per exit, no allocation beyond the exit's data.
+
+vCPU 0 (the BSP) runs on the thread that calls run(); with cpus > 1 each other vCPU (AP) has
+a thread of its own (kvm_smp), started in KVM's wait-for-SIPI state, found by the guest
+through the MP table (mptable), and its exits are handled by the same handlers under one
+lock.  A run that ends stops and joins the APs first.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -15,26 +21,26 @@ from native.kvm import ffi, lib
 from launcher.consolewatch import ConsoleEvent, ConsoleWatcher
 from launcher import kernelfacts
 from launcher.hostquirks import HostKind, detect_host, kernel_options
-from launcher.hypervisor import kvm_exits, kvm_longmode as lm, kvm_snapshot
+from launcher.hypervisor import kvm_clock, kvm_exits, kvm_longmode as lm, kvm_snapshot, mptable
 from launcher.hypervisor.base import (
     Backend, BootLayout, BootSpec, CmdlineAddition, ConsoleOut, Notify, Outcome, RunEvent, RunStats, Stopped,
 )
 from launcher.hypervisor.bus import mmio_bus, port_bus
-from launcher.hypervisor.errors import NotInitialized, TransportUnsupported
-from launcher.hypervisor.kvm_ports import (
-    COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, I8042_DATA, Cmos, I8042, UartPorts,
-)
-from launcher.hypervisor.kvm_cpuid import present_as_guest
+from launcher.hypervisor.errors import NotInitialized, SnapshotUnsupported, TooManyVcpus, TransportUnsupported
+from launcher.hypervisor import i8042
+from launcher.hypervisor.kvm_ports import COM1_BASE, COM1_IRQ, COM1_LEN, CMOS_INDEX, Cmos, UartPorts
+from launcher.hypervisor.kvm_cpuid import present_as_guest, with_apic_id
+from launcher.hypervisor.kvm_smp import ApThreads
 from launcher.hypervisor.kvm_virtio import KvmVirtioMmio
 from launcher.hypervisor.kvm_virtio_pci import KvmVirtioPci
 from launcher.hypervisor.kvm_sys import KvmSystem, ioctl
 from launcher.hypervisor.kvm_vcpu import Vcpu, install_kick_handler
 from launcher.io.threads import start_shielded
-from launcher.loader import E820Entry, HardwareSubarch, KernelKind, LoadFlags
+from launcher.loader import E820Entry, E820Type, HardwareSubarch, KernelKind, LoadFlags
 from launcher.symbols import SystemMap
 from launcher.uart import Uart8250
 
-LOW_RAM_END = 0x9FC00      # 639 KiB: a real PC's conventional memory, below the EBDA
+LOW_RAM_END = mptable.BASE  # 639 KiB: a real PC's conventional memory; the last KiB holds the MP table
 HIGH_RAM_START = 0x100000
 MAX_MEMORY = 0xC0000000    # stay below the 32-bit PCI hole and KVM's TSS pages
 INITRD_MAX_END = 0x7FFFFFFF + 1
@@ -49,6 +55,7 @@ class KvmBackend(Backend):
     name = "kvm"
     bus = KvmVirtioMmio
     snapshots = True
+    max_cpus = mptable.max_cpus()
     # Linux is entered at its 64-bit entry in long mode; a 32-bit kernel's startup_32 triple-faults here.
     boots = frozenset({KernelKind.ELF64, KernelKind.BZIMAGE_ELF64})
 
@@ -64,9 +71,13 @@ class KvmBackend(Backend):
 
     def __init__(self, memory, console_out: ConsoleOut, *, irqchip: bool = True,
                  system_map: SystemMap | None = None, kvm_path: str = "/dev/kvm",
-                 host: HostKind | None = None, ram_size: int | None = None):
+                 host: HostKind | None = None, ram_size: int | None = None, cpus: int = 1):
         self.memory = memory
         self.irqchip = irqchip
+        if not 1 <= cpus <= self.max_cpus or (cpus > 1 and not irqchip):
+            raise TooManyVcpus(f"{cpus} vCPUs: this backend runs 1 to {self.max_cpus}, more than one only with "
+                               f"the in-kernel irqchip (the APs wait for the INIT/SIPI its local APICs deliver)")
+        self.cpus = cpus
         self.system_map = system_map
         self.host = host or detect_host()
         self.stats = RunStats()
@@ -77,7 +88,20 @@ class KvmBackend(Backend):
             install_kick_handler()
         self._system = KvmSystem(kvm_path)
         self.vm_fd = -1
-        self.vcpu: Vcpu | None = None
+        self.vcpu: Vcpu | None = None           # the BSP, vcpus[0]
+        self.vcpus: list[Vcpu] = []
+        self._aps = ApThreads(self)
+        # Devices are shared by every vCPU's exits: one at a time (no lock needed for one vCPU).
+        self._exit_lock = threading.Lock() if cpus > 1 else contextlib.nullcontext()
+        self._handlers = {
+            lib.KVM_EXIT_IO: self._exit_io,
+            lib.KVM_EXIT_MMIO: self._exit_mmio,
+            lib.KVM_EXIT_INTR: self._exit_intr,
+            lib.KVM_EXIT_HLT: self._exit_hlt,
+            lib.KVM_EXIT_SHUTDOWN: self._exit_shutdown,
+            lib.KVM_EXIT_INTERNAL_ERROR: self._exit_internal_error,
+            lib.KVM_EXIT_FAIL_ENTRY: self._exit_fail_entry,
+        }
         try:
             self._create_vm()
         except BaseException:
@@ -98,13 +122,17 @@ class KvmBackend(Backend):
             pit = ffi.new("struct kvm_pit_config *")
             pit.flags = lib.KVM_PIT_SPEAKER_DUMMY
             ioctl(self.vm_fd, lib.KVM_CREATE_PIT2, pit)
-        self.vcpu = Vcpu(self.vm_fd, 0, self._system.vcpu_mmap_size())
+        # KVM makes vCPU 0 the BSP and, with the in-kernel irqchip, parks the others until a SIPI.
+        self.vcpus = [Vcpu(self.vm_fd, index, self._system.vcpu_mmap_size()) for index in range(self.cpus)]
+        self.vcpu = self.vcpus[0]
         # CPUID set here has no effect on kvm_pvm (the guest sees the host's); on an ordinary
         # KVM the guest sees what KVM supports, as a guest of a hypervisor (kvm_cpuid).
         cpuid = self._system.supported_cpuid()
         present_as_guest(cpuid)
-        self.vcpu.set_cpuid(cpuid)
-        self.vcpu.set_fpu_defaults()
+        for vcpu in self.vcpus:
+            with_apic_id(cpuid, vcpu.index, self.cpus)
+            vcpu.set_cpuid(cpuid)
+            vcpu.set_fpu_defaults()
         self._reset_devices()
 
     def _reset_devices(self) -> None:
@@ -113,10 +141,11 @@ class KvmBackend(Backend):
         self.ports = port_bus()
         self.ports.register(COM1_BASE, COM1_LEN, UartPorts(self.uart, self._device_lock))
         self.ports.register(CMOS_INDEX, 2, Cmos())
-        self.ports.register(I8042_DATA, 5, I8042(self._on_reset))
+        self.ports.register(i8042.DATA_PORT, i8042.PORTS, i8042.I8042(self._on_reset))
         self.mmio = mmio_bus()
         self._stop: Stopped | None = None
-        self._halt_probe = False
+        self._notifies: list[Notify] = []       # from APs, handed out by the BSP's run()
+        self._halted: list[str | None] = [None] * self.cpus   # per vCPU, in a halt probe: where it halted for good
         self._panic_deadline: float | None = None
         self._initialized = False
         self.console_broken = False
@@ -125,6 +154,8 @@ class KvmBackend(Backend):
     def boot_layout(self) -> BootLayout:
         size = self.memory.size
         e820 = [E820Entry(0, min(LOW_RAM_END, size))]
+        if self.cpus > 1:
+            e820.append(E820Entry(mptable.BASE, mptable.AREA, E820Type.RESERVED))
         if size > HIGH_RAM_START:
             e820.append(E820Entry(HIGH_RAM_START, size - HIGH_RAM_START))
         return BootLayout(
@@ -135,8 +166,10 @@ class KvmBackend(Backend):
 
     def cmdline_additions(self) -> list[CmdlineAddition]:
         console = CmdlineAddition("console=ttyS0", "this backend's console is the 8250 UART at 0x3f8")
+        keyboard = [CmdlineAddition(o, "the i8042 has no mouse and no keyboard behind it (launcher.hypervisor.i8042)")
+                    for o in i8042.KERNEL_OPTIONS]
         quirks = [CmdlineAddition(o.render(), o.reason) for o in kernel_options(self.host, self.tsc_khz())]
-        return [console, *quirks]
+        return [console, *keyboard, *quirks]
 
     def tsc_khz(self) -> int | None:
         return self.vcpu.tsc_khz()
@@ -153,6 +186,12 @@ class KvmBackend(Backend):
         regs = self.vcpu.get_regs()
         lm.set_boot_regs(regs, boot.entry, boot.boot_params)
         self.vcpu.set_regs(regs)
+        if self.cpus > 1:
+            # The MP table declares the vCPUs' local APICs and KVM's IOAPIC.  A single vCPU gets none:
+            # the guest keeps the PIC in virtual-wire mode, as every uniprocessor guest here always
+            # has (with the table, the recipe kernel switched to the IOAPIC and stalled on kvm_pvm).
+            mptable.write(self.memory, self.cpus)
+        kvm_clock.set_clock(self.vm_fd, 0)      # kvm-clock starts with the guest, not with the VM
         self._initialized = True
 
     def raise_interrupt(self, irq: int) -> None:
@@ -201,16 +240,22 @@ class KvmBackend(Backend):
         if not self._initialized:
             raise NotInitialized("KvmBackend.run() before initialize()")
         self.vcpu.thread_id = threading.get_ident()
+        self._aps.start()
         done = threading.Event()
         watchdog = start_shielded(lambda: self._watchdog(deadline, done), "kvm-watchdog")
+        event = None
         try:
-            return self._loop()
+            event = self._loop(self.vcpu)
+            return event
         except KeyboardInterrupt:
-            return self._finish(Stopped(Outcome.INTERRUPTED, "interrupted by SIGINT"))
+            event = self._finish(Stopped(Outcome.INTERRUPTED, "interrupted by SIGINT"))
+            return event
         finally:
             done.set()
             watchdog.join()
             self.vcpu.immediate_exit = 0
+            if not isinstance(event, Notify):
+                self._aps.stop()        # the guest has ended (or run() raised): no vCPU runs on
 
     # -- snapshots (launcher.hypervisor.kvm_snapshot) --------------------------------
     def save_state(self) -> dict:
@@ -218,6 +263,9 @@ class KvmBackend(Backend):
         PIT and clock, and the 8250.  The vCPU must be out of run()."""
         if not self._initialized:
             raise NotInitialized("KvmBackend.save_state() before the guest ran")
+        if self.cpus > 1:
+            raise SnapshotUnsupported(f"snapshots hold one vCPU, and this guest has {self.cpus} (--cpus): "
+                                             f"boot it with --cpus 1 to snapshot it")
         kvm_snapshot.complete_pending_io(self.vcpu)
         with self._device_lock:
             uart = self.uart.save_state()
@@ -248,40 +296,53 @@ class KvmBackend(Backend):
             raise mismatch(f"the snapshot's TSC ran at {state.get('tsc_khz')} kHz, this host's runs at {ours} kHz")
 
     # -- the exit loop -------------------------------------------------------------
-    def _loop(self) -> RunEvent:
-        vcpu, stats, clock, cpu = self.vcpu, self.stats, time.perf_counter, time.thread_time
-        handlers = {
-            lib.KVM_EXIT_IO: self._exit_io,
-            lib.KVM_EXIT_MMIO: self._exit_mmio,
-            lib.KVM_EXIT_INTR: self._exit_intr,
-            lib.KVM_EXIT_HLT: self._exit_hlt,
-            lib.KVM_EXIT_SHUTDOWN: self._exit_shutdown,
-            lib.KVM_EXIT_INTERNAL_ERROR: self._exit_internal_error,
-            lib.KVM_EXIT_FAIL_ENTRY: self._exit_fail_entry,
-        }
+    def _loop(self, vcpu: Vcpu) -> RunEvent:
+        """The BSP's loop; the APs' is kvm_smp.ApThreads, around the same step()."""
         while True:
             if self._stop is not None:
                 return self._finish(self._stop)
-            start, cpu_start = clock(), cpu()
-            reason = vcpu.run()
-            stats.seconds_in_run += clock() - start
-            stats.cpu_in_run += cpu() - cpu_start
-            stats.count(kvm_exits.exit_name(reason))
-            handler = handlers.get(reason, lambda: self._unexpected(reason))
-            event = handler()
+            if self._notifies:
+                return self._notifies.pop(0)
+            event = self.step(vcpu)
             if event is not None:
                 return self._finish(event) if isinstance(event, Stopped) else event
 
-    def _exit_intr(self):
-        """A kick: a stop request (seen by the loop), or the watchdog asking whether the vCPU
-        is halted with interrupts off, which only an NMI could end: the run ends there."""
-        if not self._halt_probe:
+    def step(self, vcpu: Vcpu) -> RunEvent | None:
+        """One KVM_RUN of `vcpu` and its exit's handler (under the exit lock when vCPUs share devices)."""
+        clock, cpu = time.perf_counter, time.thread_time
+        start, cpu_start = clock(), cpu()
+        reason = vcpu.run()
+        with self._exit_lock:
+            self.stats.seconds_in_run += clock() - start
+            self.stats.cpu_in_run += cpu() - cpu_start
+            self.stats.count(kvm_exits.exit_name(reason))
+            handler = self._handlers.get(reason)
+            return handler(vcpu) if handler else self._unexpected(vcpu, reason)
+
+    def _exit_intr(self, vcpu: Vcpu):
+        """A kick: a stop request or an AP's notification (both seen by the loops), or the watchdog
+        asking whether the vCPUs are halted with interrupts off (or never started), which only an
+        NMI could end: the run ends there."""
+        vcpu.immediate_exit = 0
+        if not vcpu.halt_probe:
             return None
-        self._halt_probe = False
-        self.vcpu.immediate_exit = 0
-        if self.irqchip and self.vcpu.mp_state() == lib.KVM_MP_STATE_HALTED \
-                and not self.vcpu.get_regs().rflags & RFLAGS_IF:
-            return Stopped(Outcome.HALTED, f"the vCPU halted with interrupts disabled at {self._where()}")
+        vcpu.halt_probe = False
+        dead = self.irqchip and (self._halted_for_good(vcpu))
+        self._halted[vcpu.index] = dead or None
+        if all(self._halted):
+            where = self._halted[0]
+            what = "the vCPU" if self.cpus == 1 else f"every vCPU (the {self.cpus - 1} APs parked or halted too)"
+            self.request_stop(Outcome.HALTED, f"{what} halted with interrupts disabled at {where}")
+        return None
+
+    def _halted_for_good(self, vcpu: Vcpu) -> str | None:
+        """Where `vcpu` halted with interrupts off, or "never started" for an AP still waiting for
+        its SIPI; None while it can still run.  Called on the vCPU's own thread."""
+        state = vcpu.mp_state()
+        if state == lib.KVM_MP_STATE_UNINITIALIZED and vcpu.index > 0:
+            return "never started"
+        if state == lib.KVM_MP_STATE_HALTED and not vcpu.get_regs().rflags & RFLAGS_IF:
+            return self._where(vcpu)
         return None
 
     def _finish(self, event: Stopped) -> Stopped:
@@ -289,8 +350,8 @@ class KvmBackend(Backend):
             return Stopped(Outcome.PANIC, self.watcher.panic_line or "Kernel panic")
         return event
 
-    def _exit_io(self):
-        io, data = self.vcpu.io, self.vcpu.io_data()
+    def _exit_io(self, vcpu: Vcpu):
+        io, data = vcpu.io, vcpu.io_data()
         port, size = io.port, io.size
         if io.direction == lib.KVM_EXIT_IO_OUT:
             for i in range(io.count):
@@ -300,8 +361,8 @@ class KvmBackend(Backend):
                 data[i * size:(i + 1) * size] = self.ports.read(port, size).to_bytes(size, "little")
         return self._stop
 
-    def _exit_mmio(self):
-        mmio = self.vcpu.mmio
+    def _exit_mmio(self, vcpu: Vcpu):
+        mmio = vcpu.mmio
         addr, length = mmio.phys_addr, mmio.len
         if mmio.is_write:
             value = int.from_bytes(bytes(mmio.data)[:length], "little")
@@ -312,44 +373,48 @@ class KvmBackend(Backend):
             mmio.data[0:length] = list(value.to_bytes(length, "little"))
         return self._stop
 
-    def _exit_hlt(self):
-        return Stopped(Outcome.HALTED, f"hlt at {self._where()}")
+    def _exit_hlt(self, vcpu: Vcpu):
+        return Stopped(Outcome.HALTED, f"hlt at {self._where(vcpu)}")
 
-    def _exit_shutdown(self):
+    def _exit_shutdown(self, vcpu: Vcpu):
         if self.watcher.seen(ConsoleEvent.RESTART):
             return Stopped(Outcome.REBOOT, "the guest reset itself (triple fault after 'Restarting system')")
-        return Stopped(Outcome.GUEST_CRASH, f"the guest triple-faulted (KVM_EXIT_SHUTDOWN) at {self._where()}")
+        return Stopped(Outcome.GUEST_CRASH, f"the guest triple-faulted (KVM_EXIT_SHUTDOWN) at {self._where(vcpu)}")
 
-    def _exit_internal_error(self):
-        internal, rip = self.vcpu.internal, self._rip()
+    def _exit_internal_error(self, vcpu: Vcpu):
+        internal, rip = vcpu.internal, vcpu.get_regs().rip
         if internal.suberror == lib.KVM_INTERNAL_ERROR_EMULATION:
-            emu = self.vcpu.emulation
+            emu = vcpu.emulation
             has_bytes = internal.ndata >= 2 and emu.flags & lib.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
             insn = bytes(emu.insn_bytes)[:emu.insn_size] if has_bytes else b""
             return Stopped(Outcome.EMULATION_FAILURE, kvm_exits.emulation_failure(insn, rip, self.system_map))
         data = [internal.data[i] for i in range(min(internal.ndata, 16))]
         return Stopped(Outcome.GUEST_CRASH, kvm_exits.internal_error(internal.suberror, data, rip, self.system_map))
 
-    def _exit_fail_entry(self):
-        reason = self.vcpu.fail_entry.hardware_entry_failure_reason
+    def _exit_fail_entry(self, vcpu: Vcpu):
+        reason = vcpu.fail_entry.hardware_entry_failure_reason
         return Stopped(Outcome.GUEST_CRASH,
-                       f"KVM could not enter the guest (hardware entry failure reason {reason:#x}) at {self._where()}")
+                       f"KVM could not enter the guest (hardware entry failure reason {reason:#x}) at {self._where(vcpu)}")
 
-    def _unexpected(self, reason: int):
-        return Stopped(Outcome.GUEST_CRASH, f"unexpected {kvm_exits.exit_name(reason)} at {self._where()}")
+    def _unexpected(self, vcpu: Vcpu, reason: int):
+        return Stopped(Outcome.GUEST_CRASH, f"unexpected {kvm_exits.exit_name(reason)} at {self._where(vcpu)}")
 
     def describe_vcpus(self) -> list[str]:
+        """The BSP's place (read on the thread that runs it: the state dump's signal handler); an
+        AP's registers cannot be read from here while its thread sits in KVM_RUN, so only its count."""
         if not self._initialized:
             return ["vCPU 0: not started"]
         flags = self.vcpu.get_regs().rflags
-        return [f"vCPU 0: at {self._where()}, interrupts {'on' if flags & RFLAGS_IF else 'off'}, "
-                f"mp_state {self.vcpu.mp_state()}"]
+        lines = [f"vCPU 0: at {self._where(self.vcpu)}, interrupts {'on' if flags & RFLAGS_IF else 'off'}, "
+                 f"mp_state {self.vcpu.mp_state()}"]
+        if self.cpus > 1:
+            lines.append(f"vCPUs 1-{self.cpus - 1}: each on its own thread (registers not read from here)")
+        return lines
 
-    def _rip(self) -> int:
-        return self.vcpu.get_regs().rip
-
-    def _where(self) -> str:
-        return kvm_exits.where(self._rip(), self.system_map)
+    def _where(self, vcpu: Vcpu) -> str:
+        """RIP and symbol, and which vCPU when there are several (call on `vcpu`'s own thread)."""
+        where = kvm_exits.where(vcpu.get_regs().rip, self.system_map)
+        return where if self.cpus == 1 else f"{where} on vCPU {vcpu.index}"
 
     # -- devices' callbacks ------------------------------------------------------------
     def _console_bytes(self, data: bytes) -> None:
@@ -383,8 +448,10 @@ class KvmBackend(Backend):
                 exits, quiet_since = total, now
             elif now - quiet_since >= HALT_PROBE_AFTER:    # blocked in KVM_RUN: halted, or just idle
                 quiet_since = now
-                self._halt_probe = True
-                self.vcpu.kick()
+                self._halted = [None] * self.cpus
+                for vcpu in self.vcpus:
+                    vcpu.halt_probe = True
+                    vcpu.kick()
             if self._panic_deadline is not None and now >= self._panic_deadline:
                 self.request_stop(Outcome.PANIC, self.watcher.panic_line or "Kernel panic")
                 return
@@ -394,9 +461,10 @@ class KvmBackend(Backend):
 
     # -- teardown -------------------------------------------------------------------------
     def _close_vm(self) -> None:
-        if self.vcpu is not None:
-            self.vcpu.close()
-            self.vcpu = None
+        self._aps.stop()
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus, self.vcpu = [], None
         if self.vm_fd >= 0:
             os.close(self.vm_fd)
             self.vm_fd = -1

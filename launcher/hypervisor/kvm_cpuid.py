@@ -28,3 +28,20 @@ def present_as_guest(cpuid) -> None:
             entry.ecx |= HYPERVISOR_BIT
         elif entry.function in brand:
             entry.eax, entry.ebx, entry.ecx, entry.edx = brand[entry.function]
+
+
+HTT_BIT = 1 << 28                   # leaf 1 EDX: EBX[23:16] counts logical processors
+TOPOLOGY_LEAVES = (0xB, 0x1F)       # x2APIC topology: EDX is the x2APIC id at every level
+
+
+def with_apic_id(cpuid, apic_id: int, cpus: int) -> None:
+    """Edit a struct kvm_cpuid2 in place for one vCPU: its initial APIC id (leaf 1 EBX[31:24], and
+    EDX of the topology leaves) and the package's logical processor count, as the MP table has
+    them (KVM gives vCPU n local APIC id n)."""
+    for i in range(cpuid.nent):
+        entry = cpuid.entries[i]
+        if entry.function == 1:
+            entry.ebx = (apic_id << 24) | (min(cpus, 0xFF) << 16) | (entry.ebx & 0xFFFF)
+            entry.edx = entry.edx | HTT_BIT if cpus > 1 else entry.edx & ~HTT_BIT
+        elif entry.function in TOPOLOGY_LEAVES:
+            entry.edx = apic_id

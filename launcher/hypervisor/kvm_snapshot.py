@@ -23,6 +23,7 @@ import errno
 
 from native.kvm import ffi, lib
 
+from launcher.hypervisor import kvm_clock
 from launcher.hypervisor.errors import IoctlFailed
 from launcher.hypervisor.kvm_sys import ioctl
 
@@ -186,11 +187,8 @@ def save_vm(vm_fd: int) -> dict:
 
 def restore_vm(vm_fd: int, state: dict) -> None:
     ioctl(vm_fd, lib.KVM_SET_PIT2, decode_into(state["pit2"], "struct kvm_pit_state2"))
-    clock = decode_into(state["clock"], "struct kvm_clock_data")
-    saved = clock.clock
-    ffi.memmove(clock, bytes(ffi.sizeof(clock[0])), ffi.sizeof(clock[0]))
-    clock.clock = saved     # no KVM_CLOCK_REALTIME: carry on from the saved value, no jump
-    ioctl(vm_fd, lib.KVM_SET_CLOCK, clock)
+    # No KVM_CLOCK_REALTIME: carry on from the saved value, no jump (as a cold boot starts at 0).
+    kvm_clock.set_clock(vm_fd, decode_into(state["clock"], "struct kvm_clock_data").clock)
     for name, chip in IRQCHIPS:
         irqchip = decode_into(state[name], "struct kvm_irqchip")
         if irqchip.chip_id != getattr(lib, chip):

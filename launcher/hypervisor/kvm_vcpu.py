@@ -31,6 +31,8 @@ def install_kick_handler() -> None:
 
 class Vcpu:
     def __init__(self, vm_fd: int, index: int, mmap_size: int):
+        self.index = index                      # KVM's vCPU id, also its local APIC id
+        self.halt_probe = False                 # the watchdog asks: halted for good? (KvmBackend)
         self.fd = ioctl(vm_fd, lib.KVM_CREATE_VCPU, index)
         self._map = mmap.mmap(self.fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self._map)

@@ -23,6 +23,8 @@ def tiny(tmp_path):
     (["--initrd=/nonexistent", "4", "{k}"], "cannot read initrd /nonexistent"),
     (["--initrd={big}", "2", "{k}"], "does not fit between the kernel's end"),
     (["--timeout=0", "4", "{k}"], "--timeout must be positive"),
+    (["--cpus=0", "4", "{k}"], "--cpus must be a whole number from 1 to 40 on the kvm backend, not 0"),
+    (["--cpus=2", "--backend=lguest", "4", "{k}"], "--cpus must be a whole number from 1 to 1 on the lguest backend"),
     (["--block=/nonexistent/disk.img", "4", "{k}"], "--block=/nonexistent/disk.img: no such file"),
     (["--tunnet=10.0.0.300", "4", "{k}"], "--tunnet: failed to parse IP address"),
     (["--system-map=/nonexistent", "4", "{k}"], "cannot read --system-map"),
@@ -50,6 +52,12 @@ def test_tiny_guest_boots_and_resets(tiny, capfd):
     out, err = capfd.readouterr()
     assert out == "hello from a tiny guest\n"
     assert "command line: quiet console=ttyS0" in err and "guest reset itself" in err
+
+
+@pytest.mark.kvm
+def test_tiny_guest_with_two_vcpus_boots_and_resets(tiny, capfd):
+    assert cli.main(["--cpus=2", "4", str(tiny)]) == 0          # the AP waits for a SIPI that never comes
+    assert capfd.readouterr().out == "hello from a tiny guest\n"
 
 
 @pytest.mark.kvm

@@ -80,3 +80,9 @@ def test_system_map_beside_a_kernel(tmp_path):
     assert smap.lookup(0xFFFFFFFF81000004) == "startup_64+0x4"
     assert smap.lookup(0x1000) is None
     assert SystemMap.beside(tmp_path / "elsewhere" / "vmlinux") is None
+
+
+def test_several_vcpus_on_kvm_pvm_get_a_warning_and_nowhere_else():
+    from launcher.hostquirks import HostKind, smp_warning
+    assert "--cpus 1" in smp_warning(HostKind.KVM_PVM, 2)
+    assert smp_warning(HostKind.KVM_PVM, 1) is None and smp_warning(HostKind.KVM, 4) is None

@@ -171,3 +171,12 @@ def test_snapshot_command_defaults_are_the_harness_initramfs_marker_and_prompt()
     from harness.initramfs import PROMPT, READY_MARKER
     from launcher import cli_snapshot
     assert cli_snapshot.DEFAULT_READY_MARKER == READY_MARKER and cli_snapshot.DEFAULT_PROMPT == PROMPT
+
+
+def test_snapshot_of_a_multi_vcpu_guest_is_refused_before_it_boots(tmp_path, capsys):
+    from launcher import cli_snapshot
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"never read")
+    assert cli_snapshot.main([str(tmp_path / "snap"), "--cpus=2", "4", str(kernel)]) == 1
+    err = capsys.readouterr().err
+    assert "--cpus=2: snapshots hold one vCPU" in err and err.count("\n") == 1, err

@@ -144,6 +144,7 @@ def test_boot_layout_is_a_pc():
         assert layout.hardware_subarch == 0 and layout.prefer_elf
         options = [a.option for a in backend.cmdline_additions()]
         assert options[0] == "console=ttyS0" and any(o.startswith("tsc_early_khz=") for o in options)
+        assert {"i8042.noaux", "i8042.dumbkbd"} <= set(options)     # no mouse, no keyboard commands
 
 
 def test_mmio_reads_come_from_the_bus():
