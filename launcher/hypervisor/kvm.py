@@ -78,6 +78,7 @@ class KvmBackend(Backend):
             raise TooManyVcpus(f"{cpus} vCPUs: this backend runs 1 to {self.max_cpus}, more than one only with "
                                f"the in-kernel irqchip (the APs wait for the INIT/SIPI its local APICs deliver)")
         self.cpus = cpus
+        self.pci_routes: tuple = ()             # INTx routes for the MP table (KvmVirtioPci sets them)
         self.system_map = system_map
         self.host = host or detect_host()
         self.stats = RunStats()
@@ -190,7 +191,7 @@ class KvmBackend(Backend):
             # The MP table declares the vCPUs' local APICs and KVM's IOAPIC.  A single vCPU gets none:
             # the guest keeps the PIC in virtual-wire mode, as every uniprocessor guest here always
             # has (with the table, the recipe kernel switched to the IOAPIC and stalled on kvm_pvm).
-            mptable.write(self.memory, self.cpus)
+            mptable.write(self.memory, self.cpus, pci_routes=self.pci_routes)
         kvm_clock.set_clock(self.vm_fd, 0)      # kvm-clock starts with the guest, not with the VM
         self._initialized = True
 

@@ -4,7 +4,7 @@ Device n (in command-line order) is the function in slot n + 1 (the host bridge 
 its BAR0 at BAR_BASE + n * BAR_SIZE in the 32-bit hole (RAM ends below 3 GiB, kvm.MAX_MEMORY,
 and the e820 map lists RAM only, so Linux sees the hole free for PCI), its INTx pin A on ISA
 line IRQS[n], written in INTERRUPT_LINE.  Linux without ACPI or an MP table routes INTx by
-that register; intx_routes() gives an MP table writer the entries it needs otherwise.
+that register; with an MP table (--cpus > 1) by the entries intx_routes() gives it.
 
 Fast paths as on virtio-mmio (launcher.hypervisor.kvm_virtio): each queue's notification
 address (BAR + 0x3000 + 4n, 2 bytes) has an ioeventfd with datamatch on the queue index,
@@ -113,6 +113,10 @@ class KvmVirtioPci(KvmVirtioBus):
     # -- the device bus --------------------------------------------------------------------------
     def add_to_cmdline(self, cmdline) -> None:
         """Nothing: the guest finds the functions by scanning bus 0."""
+
+    def before_initialize(self) -> None:
+        """With an MP table (--cpus > 1) Linux routes INTx by the table's entries, not INTERRUPT_LINE."""
+        self.backend.pci_routes = tuple(self.intx_routes())
 
     def intx_routes(self) -> list[IntxRoute]:
         """(slot, pin, line) per function, for an MP table's I/O interrupt entries on the PCI bus."""

@@ -1,7 +1,8 @@
 """Debian's stock kernel (harness.nested's cached bzImage) with its virtio modules in a
-harness-built initramfs: it reaches user space, reads and writes a virtio block disk and
-answers a ping over a tap in a namespace the test makes, all over virtio-pci, which the
-launcher picks by itself (the config beside the kernel has no virtio-mmio command-line devices).
+harness-built initramfs, with --cpus 2: it reaches user space with both CPUs, reads and writes a
+virtio block disk and answers a ping over a tap in a namespace the test makes, all over virtio-pci,
+which the launcher picks by itself (the config beside the kernel has no virtio-mmio command-line
+devices); with two vCPUs the MP table routes each function's INTx (launcher.hypervisor.mptable).
 Ordinary KVM only: on kvm_pvm no unmodified kernel reaches user space (kvm-host-notes.md)."""
 import os
 
@@ -20,16 +21,17 @@ def stock(tmp_path_factory):
     return stock_guest(tmp_path_factory.mktemp("stock"))
 
 
-def test_stock_kernel_block_and_net_over_pci(stock, host_quirks, guest_factory, disk_image, tap_netns):
+def test_stock_kernel_two_cpus_block_and_net_over_pci(stock, host_quirks, guest_factory, disk_image, tap_netns):
     if "kvm_pvm_quirks" in host_quirks:
         pytest.skip("kvm_pvm runs only the recipe kernel with its compatibility patch; "
                     "this test runs in the ordinary-KVM stage (harness.nested)")
     vmlinuz, initrd = stock
     disk = disk_image(size_mb=8, fs="raw", content=PATTERN)
-    guest = guest_factory(kernel=vmlinuz, initrd=initrd, block=disk, net=tap_netns, mem=256)
+    guest = guest_factory(kernel=vmlinuz, initrd=initrd, block=disk, net=tap_netns, mem=256, cpus=2)
 
     release = vmlinuz.name.removeprefix("vmlinuz-")
     assert guest.run("uname -r").stdout.strip() == release
+    assert guest.run("grep -c ^processor /proc/cpuinfo").stdout == "2\n"
     ids = guest.run("cat /sys/bus/pci/devices/0000:00:0[1-3].0/device").stdout.split()
     assert ids == ["0x1043", "0x1042", "0x1041"]
 

@@ -4,6 +4,7 @@ import time
 import pytest
 
 from launcher import cli
+from launcher.hypervisor import mptable
 from tests.unit import tiny_guests as g
 
 
@@ -23,7 +24,7 @@ def tiny(tmp_path):
     (["--initrd=/nonexistent", "4", "{k}"], "cannot read initrd /nonexistent"),
     (["--initrd={big}", "2", "{k}"], "does not fit between the kernel's end"),
     (["--timeout=0", "4", "{k}"], "--timeout must be positive"),
-    (["--cpus=0", "4", "{k}"], "--cpus must be a whole number from 1 to 40 on the kvm backend, not 0"),
+    (["--cpus=0", "4", "{k}"], f"--cpus must be a whole number from 1 to {mptable.max_cpus()} on the kvm backend, not 0"),
     (["--cpus=2", "--backend=lguest", "4", "{k}"], "--cpus must be a whole number from 1 to 1 on the lguest backend"),
     (["--block=/nonexistent/disk.img", "4", "{k}"], "--block=/nonexistent/disk.img: no such file"),
     (["--tunnet=10.0.0.300", "4", "{k}"], "--tunnet: failed to parse IP address"),

@@ -52,3 +52,20 @@ def test_the_table_fits_its_kib_and_more_cpus_are_refused():
 
 def test_the_floating_pointer_points_at_the_table_right_after_it():
     assert struct.unpack_from("<I", mp.build(1), 4)[0] == mp.BASE + 16
+
+
+def test_virtio_pci_functions_get_pci_bus_0_and_edge_triggered_entries_to_their_line():
+    from launcher.transports.pci_host import IntxRoute
+    routes = (IntxRoute(1, 1, 5), IntxRoute(2, 1, 6))
+    entries = parse(mp.build(2, pci_routes=routes))
+    buses = [(e[1], e[2]) for e in entries if e[0] == 1]
+    assert buses == [(mp.ISA_BUS_ID, b"ISA   "), (mp.PCI_BUS_ID, b"PCI   ")]    # the first PCI bus is bus 0
+    pci = [(e[2], e[4], e[5], e[6]) for e in entries if e[0] == 3 and e[3] == mp.PCI_BUS_ID]
+    assert pci == [(0b0101, (1 << 2) | 0, 2, 5), (0b0101, (2 << 2) | 0, 2, 6)]   # INTA# of slots 1, 2
+    assert not [e for e in parse(mp.build(2)) if e[0] == 1 and e[2] == b"PCI   "]  # no functions, no PCI bus
+
+
+def test_the_table_still_fits_with_the_most_pci_functions():
+    from launcher.transports.pci_host import IntxRoute
+    routes = tuple(IntxRoute(slot, 1, 5) for slot in range(mp.MOST_PCI_ROUTES))
+    assert len(mp.build(mp.max_cpus(), pci_routes=routes)) <= mp.AREA
