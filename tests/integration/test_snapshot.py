@@ -132,6 +132,28 @@ def test_timers_carry_on_after_restore(restored):
     assert warnings.status == 1, warnings.output
 
 
+def test_virtio_net_works_after_restore(tap_netns, tmp_path):
+    """A guest snapshotted with a tap in a test-made namespace, restored there: the restored
+    launcher opens a new tap with the same address, and traffic flows both ways."""
+    kernel = ensure_kernel(log=lambda msg: None)
+    spec = GuestSpec(kernel=Path(kernel.vmlinux), initrd=build_initramfs(tmp_path / "initramfs.cpio"), mem=MEM_MB,
+                     cmdline=(tap_netns.guest_cmdline,), net=(tap_netns.tunnet,), netns=tap_netns.name,
+                     timeout=1800)
+    directory = take(spec, tmp_path / "snap", tmp_path / "logs")
+    assert "net" in [d["kind"] for d in json.loads((directory / "manifest.json").read_text())["devices"]]
+    guest = restore(directory, tmp_path / "logs", "net", netns=tap_netns.name)
+    try:
+        assert check(guest, "echo $((6 * 7))").strip() == "42"     # running: its tap is up
+        ping = tap_netns.run("busybox", "ping", "-c", "3", "-W", "5", tap_netns.guest_ip,
+                             capture_output=True, text=True)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        back = guest.run(f"ping -c 2 -W 5 {tap_netns.host_ip}", timeout=120)
+        assert back.status == 0 and " 0% packet loss" in back.output, back.output
+    finally:
+        guest.poweroff(timeout=120)
+        guest.close()
+
+
 def _copy(directory: Path, dest: Path) -> Path:
     dest.mkdir()
     for path in directory.iterdir():
