@@ -46,13 +46,14 @@ def test_rwdir_writes_reach_the_host_and_nothing_else_does(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     marker = tmp_path / "untouched"
-    script = f"echo made in the guest > {out}/file && echo x > /tmp/scratch && ! echo y > {marker} && pwd"
+    scratch = f"/tmp/lh-run-scratch-{os.getpid()}-{tmp_path.name}"     # a name no host file has
+    script = f"echo made in the guest > {out}/file && echo x > {scratch} && ! echo y > {marker} && pwd"
     done = run("--rwdir", str(out), "--", "sh", "-c", script, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{tmp_path}\n"                   # the current directory came along
     assert (out / "file").read_text() == "made in the guest\n"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "out"]
-    assert not os.path.exists("/tmp/scratch")                # /tmp was an overlay in the guest
+    assert not os.path.exists(scratch)                       # /tmp was an overlay in the guest
 
 
 def test_a_missing_virtiofsd_is_one_line():
