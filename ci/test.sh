@@ -9,10 +9,8 @@ lint-imports
 bash ci/wheel-check.sh
 # The integration tests boot the recipe kernel: build it here so its progress shows.
 lguest-harness kernel build
-"$PY" -m pytest tests "$@"
-# The real-guest tests once more, on ordinary KVM (kvm_amd in an L1 VM), as users run them.
-# Not gating yet: on kvm_amd the command channel's bulk output stalls (issue 13); the stage's
-# result and L1's console tail are printed, and its console kept in ci-artifacts/.
-if ! bash ci/nested-kvm.sh; then
-  echo "ci: the ordinary-KVM stage FAILED (not gating yet, see README 'Which KVM hosts are tested')" >&2
-fi
+# Stock-kernel tests need ordinary KVM: the next stage runs them (this host's kvm_pvm cannot).
+"$PY" -m pytest tests -m "not ordinary_kvm" "$@"
+# The real-guest tests once more, on ordinary KVM (kvm_amd in an L1 VM), as users run them; a
+# failure there fails CI. L1's console is kept in ci-artifacts/.
+bash ci/nested-kvm.sh

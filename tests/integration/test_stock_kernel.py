@@ -15,7 +15,7 @@ import pytest
 from harness.launch import GuestSpec, boot
 from launcher.hypervisor.kvm_cpuid import BRAND
 
-pytestmark = [pytest.mark.kvm, pytest.mark.slow]
+pytestmark = [pytest.mark.kvm, pytest.mark.slow, pytest.mark.ordinary_kvm]
 
 MEM_MB = 256
 CPUS = 2

@@ -11,7 +11,7 @@ import pytest
 from harness.stock_guest import stock_guest
 from tests.integration.disk_checks import assert_disk_reads_and_writes
 
-pytestmark = [pytest.mark.kvm, pytest.mark.slow]
+pytestmark = [pytest.mark.kvm, pytest.mark.slow, pytest.mark.ordinary_kvm]
 
 PATTERN = os.urandom(64 << 10)
 
