@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 from launcher import cli
+from launcher.hypervisor import backend_class
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, Outcome
 from launcher.hypervisor.errors import SnapshotUnsupported
 from launcher.io.console import stdout_writer
@@ -85,6 +86,10 @@ def snapshot(args) -> int:
                                   f"device's rings live in its virtiofsd process, which a snapshot cannot save")
     if config.cpus > 1:
         raise SnapshotError(f"--cpus={config.cpus}: snapshots hold one vCPU; boot the guest to snapshot with --cpus 1")
+    bus_class = backend_class(config.backend).bus_for(config.transport, config.kernel)
+    if not hasattr(bus_class, "save_state"):
+        raise SnapshotUnsupported(f"{bus_class.__name__} cannot save its devices' state yet: a snapshot needs "
+                                  f"another transport (--transport=mmio)")
     directory = Path(args.directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise SnapshotError(f"snapshot {directory}: exists and is not an empty directory")

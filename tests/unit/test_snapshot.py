@@ -180,3 +180,13 @@ def test_snapshot_of_a_multi_vcpu_guest_is_refused_before_it_boots(tmp_path, cap
     assert cli_snapshot.main([str(tmp_path / "snap"), "--cpus=2", "4", str(kernel)]) == 1
     err = capsys.readouterr().err
     assert "--cpus=2: snapshots hold one vCPU" in err and err.count("\n") == 1, err
+
+
+def test_snapshot_over_a_transport_that_cannot_save_its_devices_is_refused_before_it_boots(tmp_path, capsys):
+    from launcher import cli_snapshot
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"never read")
+    assert cli_snapshot.main([str(tmp_path / "snap"), "--transport=pci", "4", str(kernel)]) == 1
+    err = capsys.readouterr().err
+    assert "KvmVirtioPci cannot save its devices' state yet" in err and "--transport=mmio" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "snap").exists()
