@@ -184,7 +184,17 @@ class Guest:
         elif channel_expected:
             _say_fallback(self.name)
 
-    def open_channel(self, where: str, timeout: float = CHANNEL_OPEN_TIMEOUT) -> None:
+    def open_restored_channel(self, timeout: float = CHANNEL_OPEN_TIMEOUT) -> None:
+        """A guest restored from a snapshot whose agent already waits on hvc0: once the restored
+        launcher announces its new pty, say hello (the agent's ready frame went to the old one)."""
+        deadline = time.monotonic() + timeout
+        while not HVC_ANNOUNCED.search(self.launcher_log):
+            if not self.child.isalive() or time.monotonic() >= deadline:
+                raise self._failure(GuestError, "the restored launcher announced no hvc0 pty for the agent")
+            time.sleep(0.005)
+        self.open_channel("hvc0", max(deadline - time.monotonic(), 1), agent_started=True)
+
+    def open_channel(self, where: str, timeout: float = CHANNEL_OPEN_TIMEOUT, agent_started: bool = False) -> None:
         """Talk to lh-agent: on hvc0 (the pty the launcher announced) or on the console itself."""
         if where == "console":
             fd, others = self.child.child_fd, {}
@@ -203,7 +213,7 @@ class Guest:
         channel = ch.Channel(fd, others=others, log=self.channel_log.extend)
         try:
             with self._channel_errors("opening the command channel"):
-                if where == "hvc0":
+                if where == "hvc0" and not agent_started:
                     channel.wait_ready(timeout)
                 channel.hello(timeout)
         except BaseException:

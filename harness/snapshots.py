@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import shlex
 import shutil
@@ -22,7 +23,8 @@ import pexpect
 
 from harness.console import Guest
 from harness.launch import GuestSpec, _guest_bytes_unchanged
-from launcher.snapshot import file_sha256
+from harness.initramfs import AGENT_PARAM
+from launcher.snapshot import MANIFEST, file_sha256
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lguest-harness" / "snapshots"
 SNAPSHOT_TIMEOUT = 900.0
@@ -100,8 +102,10 @@ def restore_argv(directory: Path, *, disks=(), timeout: float = 900.0, netns: st
 
 
 def restore(directory: Path, log_dir: Path, name: str | None = None, *, disks=(), timeout: float = 900.0,
-            netns: str | None = None) -> Guest:
-    """A Guest running `lguest-harness restore directory` under pexpect."""
+            netns: str | None = None, channel: bool | None = None) -> Guest:
+    """A Guest running `lguest-harness restore directory` under pexpect.  Its commands go over the
+    command channel when the snapshot's agent waits on hvc0 (channel=None: whenever it does),
+    else they are typed on the serial console."""
     name = name or f"restored{next(_serial)}"
     log_dir.mkdir(parents=True, exist_ok=True)
     launcher_log = log_dir / f"{name}.launcher.log"
@@ -110,4 +114,22 @@ def restore(directory: Path, log_dir: Path, name: str | None = None, *, disks=()
     child = pexpect.spawn("/bin/sh", ["-c", command], encoding="utf-8", codec_errors="replace",
                           env=dict(os.environ, PYTHONUNBUFFERED="1"), dimensions=(50, 200),
                           preexec_fn=_guest_bytes_unchanged)
-    return Guest(child, name=name, launcher_log=launcher_log)
+    guest = Guest(child, name=name, launcher_log=launcher_log)
+    if channel is None:
+        channel = _agent_on_hvc0(Path(directory))
+    if channel:
+        try:
+            guest.open_restored_channel()
+        except BaseException:
+            guest.close()
+            raise
+    return guest
+
+
+def _agent_on_hvc0(directory: Path) -> bool:
+    """Whether the snapshot's guest was booted with its command-channel agent on hvc0."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False        # the restore itself says what is wrong with the snapshot
+    return f"{AGENT_PARAM}=hvc0" in manifest.get("kernel_args", ())

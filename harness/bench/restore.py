@@ -1,10 +1,11 @@
 """`lguest-harness bench restore`: a guest restored from a snapshot vs. the same guest booted cold.
 
 One run of this benchmark:
-  1. cold boot: `lguest-harness snapshot` boots the recipe guest (64 MiB, 8250 console) to its
-     ready marker and prompt and writes the snapshot; launch -> ready is the cold-boot figure;
+  1. cold boot: `lguest-harness snapshot` boots the recipe guest (64 MiB, the command
+     channel's agent on hvc0) to its ready marker and prompt and writes the snapshot; launch -> ready is the cold-boot figure;
   2. restore -> first answered command: `lguest-harness restore` under pexpect, timed from the
-     spawn to the answer of `echo $((6*7))` (Guest.run), median of max(--runs, 5);
+     spawn to the answer of `echo $((6*7))` (Guest.run over the command channel, which the
+     restored Guest reopens on the new hvc0 pty), median of max(--runs, 5);
   3. memory: one restored guest alone, then 4 restored from the same snapshot at once, each
      after answering a command: the launcher processes' PSS (proportional set size: shared
      pages split between their sharers) and their guest-RAM mapping's PSS, from
