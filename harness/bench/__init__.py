@@ -23,7 +23,7 @@ BENCHMARKS = {
 def configure(parser) -> None:
     parser.add_argument("what", choices=sorted(BENCHMARKS), help="which benchmark")
     parser.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
-    parser.add_argument("--mib", type=int, default=None, help="console: MiB of stdout, put and get (default 16)")
+    parser.add_argument("--mib", type=int, default=None, help="console: MiB of stdout, put and get (default 16); fs: MiB of the file the guest cats (default 64)")
     parser.add_argument("--backend", action="append", choices=("fake", "kvm", "qemu"),
                         help="boot, console: only this backend (repeatable; default all)")
 

@@ -1,7 +1,7 @@
 """`lguest-harness bench fs`: virtio-fs (virtiofsd over vhost-user) against the host itself,
 and `run -- true` against a plain boot of the same kernel.
 
-1. A recipe guest with a host directory shared at /mnt/bench: the guest `cat`s a 64 MiB file
+1. A recipe guest with a host directory shared at /mnt/bench: the guest `cat`s a 64 MiB file (--mib)
    to /dev/null and `find`s a tree of 10,000 small files (timed by the guest's /proc/uptime,
    minus the same around `true`); the host does the same with its own cat and find (warm page
    cache: the guest's first read is what virtiofsd serves from it too).  CPU: the launcher's
@@ -29,9 +29,9 @@ SMALL_FILES = 10_000
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree(root: Path) -> None:
+def _tree(root: Path, big_mb: int) -> None:
     with open(root / "big", "wb") as f:
-        f.write(os.urandom(MIB) * BIG_MB)
+        f.write(os.urandom(MIB) * big_mb)
     for d in range(100):
         sub = root / "tree" / f"d{d:02}"
         sub.mkdir(parents=True)
@@ -66,10 +66,10 @@ def _host_seconds(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _guest_fs(tmp: Path, runs: int) -> None:
+def _guest_fs(tmp: Path, runs: int, big_mb: int) -> None:
     share = tmp / "share"
     share.mkdir()
-    _tree(share)
+    _tree(share, big_mb)
     kernel = ensure_kernel(log=lambda msg: print(msg, file=sys.stderr, flush=True))
     spec_share = f"{share}:bench:ro"
     initrd = build_initramfs(tmp / "initramfs.cpio", commands=tuple(share_mounts([spec_share])))
@@ -79,7 +79,7 @@ def _guest_fs(tmp: Path, runs: int) -> None:
     rows = {}
     try:
         pid = guest.child.pid
-        commands = {f"cat {BIG_MB} MiB": "cat /mnt/bench/big > /dev/null",
+        commands = {f"cat {big_mb} MiB": "cat /mnt/bench/big > /dev/null",
                     f"find {SMALL_FILES} files": "find /mnt/bench/tree > /dev/null"}
         for name, command in commands.items():
             rows[name] = []
@@ -94,7 +94,7 @@ def _guest_fs(tmp: Path, runs: int) -> None:
         guest.poweroff(timeout=120)
     finally:
         guest.close()
-    host = {f"cat {BIG_MB} MiB": ["cat", str(share / "big")], f"find {SMALL_FILES} files": ["find", str(share / "tree")]}
+    host = {f"cat {big_mb} MiB": ["cat", str(share / "big")], f"find {SMALL_FILES} files": ["find", str(share / "tree")]}
     print(f"fs: a host directory over virtio-fs (virtiofsd, cache=auto, read-only) in a recipe guest, "
           f"beside the host; median of {runs}")
     print(f"{'what':<18} {'guest s':>9} {'host s':>8} {'vCPU s':>8} {'launcher threads s':>19} {'virtiofsd s':>12}")
@@ -105,8 +105,8 @@ def _guest_fs(tmp: Path, runs: int) -> None:
         fsd = statistics.median(v[2] for v in values)
         host_s = statistics.median(_host_seconds(host[name]) for _ in range(runs))
         print(f"{name:<18} {guest_s:>9.2f} {host_s:>8.3f} {vcpu:>8.2f} {devices:>19.3f} {fsd:>12.3f}")
-    big = BIG_MB * MIB / 1e6
-    print(f"(cat: guest {big / statistics.median(v[0] for v in rows[f'cat {BIG_MB} MiB']):.2f} MB/s)")
+    big = big_mb * MIB / 1e6
+    print(f"(cat: guest {big / statistics.median(v[0] for v in rows[f'cat {big_mb} MiB']):.2f} MB/s)")
 
 
 def _timed_process(argv: list[str], stdin=subprocess.DEVNULL) -> tuple[float, float, int]:
@@ -141,6 +141,6 @@ def _run_vs_boot(tmp: Path, runs: int) -> None:
 def main(args) -> int:
     runs = max(1, getattr(args, "runs", 1) or 1)
     with tempfile.TemporaryDirectory(prefix="bench-fs-") as tmp:
-        _guest_fs(Path(tmp), runs)
+        _guest_fs(Path(tmp), runs, getattr(args, "mib", None) or BIG_MB)
         _run_vs_boot(Path(tmp), runs)
     return 0
