@@ -12,7 +12,10 @@ trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 "$PY" -m pip wheel -q --disable-pip-version-check --no-deps . -w "$work/wheel" 2>&1 | grep -v '^WARNING: Location' || true
 wheel=$(echo "$work"/wheel/lguest_harness-*.whl)
-"$PY" -m zipfile -l "$wheel" | grep -q 'native/_kvm.*\.so' || { echo "wheel-check: no native/_kvm*.so in $wheel" >&2; exit 1; }
+# The listing is read whole: `grep -q` would stop reading at the first match, and under pipefail
+# the lister's broken pipe failed the check once the wheel grew past a pipe's buffer.
+listing=$("$PY" -m zipfile -l "$wheel")
+grep -q 'native/_kvm.*\.so' <<<"$listing" || { echo "wheel-check: no native/_kvm*.so in $wheel" >&2; exit 1; }
 echo "wheel-check: built $(basename "$wheel") ($((SECONDS - start)) s)"
 
 start=$SECONDS
