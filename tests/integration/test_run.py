@@ -45,15 +45,18 @@ def test_the_hosts_python_runs_in_the_guest():
 def test_rwdir_writes_reach_the_host_and_nothing_else_does(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    marker = tmp_path / "untouched"
+    marker = tmp_path / "untouched"        # beside the rwdir, under /tmp: the guest's overlay takes it
     scratch = f"/tmp/lh-run-scratch-{os.getpid()}-{tmp_path.name}"     # a name no host file has
-    script = f"echo made in the guest > {out}/file && echo x > {scratch} && ! echo y > {marker} && pwd"
+    outside = f"/lh-run-{os.getpid()}"     # the host's / itself: read-only, the write is refused
+    script = (f"echo made in the guest > {out}/file && echo x > {scratch} && echo y > {marker} && "
+              f"! echo z 2>/dev/null > {outside} && pwd")
     done = run("--rwdir", str(out), "--", "sh", "-c", script, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{tmp_path}\n"                   # the current directory came along
     assert (out / "file").read_text() == "made in the guest\n"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "out"]
     assert not os.path.exists(scratch)                       # /tmp was an overlay in the guest
+    assert not os.path.exists(outside)
 
 
 def test_a_missing_virtiofsd_is_one_line():
