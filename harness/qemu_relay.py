@@ -35,6 +35,7 @@ from launcher.cli import say_to_stderr
 from launcher.consolewatch import ConsoleEvent, ConsoleWatcher, MarkerClock
 from launcher.devspec import DeviceSpecError
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, Outcome, Stopped
+from launcher.io.processes import stop_process
 
 from harness.qemu import EXIT_USAGE, ChardevFds, QemuPlan, QemuUsage, Tap, available, plan
 
@@ -142,7 +143,7 @@ def _boot(the_plan: QemuPlan, args, say, stack: ExitStack, ours, theirs) -> int:
     proc = subprocess.Popen(the_plan.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, pass_fds=[s.fileno() for s in theirs],
                             preexec_fn=_die_with_parent)
-    stack.callback(_stop, proc)
+    stack.callback(stop_process, proc, STOP_GRACE)
     for sock in theirs:
         sock.close()            # QEMU holds them now: its exit is our EOF
     relay = Relay(proc, ours[0].fileno(), ours[1].fileno() if the_plan.hvc else None, marker)
@@ -209,16 +210,6 @@ def _signals_interrupt():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Relay:

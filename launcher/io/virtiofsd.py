@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+from launcher.io.processes import stop_process
 from launcher.io.vhost_user import VhostUserError, VhostUserFrontend
 
 CANDIDATES = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
@@ -106,7 +107,7 @@ class Virtiofsd:
                 sock.close()
                 raise VirtiofsdError(f"{err}{_tail(log_path)}") from None
         except BaseException:
-            _end(process)
+            stop_process(process, STOP_WAIT)
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         return cls(process, workdir, log_path, frontend, name)
@@ -119,7 +120,7 @@ class Virtiofsd:
 
     def close(self) -> None:
         self._closing = True
-        _end(self.process)
+        stop_process(self.process, STOP_WAIT)
         self._watcher.join(STOP_WAIT)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -150,16 +151,6 @@ def _connect(path: str, process: subprocess.Popen, log_path: str, name: str) -> 
         if time.monotonic() > deadline:
             raise VirtiofsdError(f"{name} did not listen on {path} within {SOCKET_WAIT:g} s{_tail(log_path)}")
         time.sleep(0.02)
-
-
-def _end(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _tail(log_path: str) -> str:
