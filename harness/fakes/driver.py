@@ -23,6 +23,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Callable
 
+from launcher.devices.base import DeviceStatus
 from launcher.memory import GuestMemory
 from launcher.virtqueue import (
     AVAIL_ALIGN, DESC, DESC_ALIGN, DESC_SIZE, USED_ALIGN, USED_ELEM,
@@ -407,3 +408,19 @@ class FakeDriver:
 
 def _align(value: int, align: int) -> int:
     return (value + align - 1) & ~(align - 1)
+
+
+class TransportDriver:
+    """What Linux's virtio core does over any transport (virtio_dev_probe): probe, negotiate,
+    set up the queues, DRIVER_OK.  A transport's fake driver supplies the steps."""
+
+    def driver_ok(self) -> None:
+        self.add_status(DeviceStatus.DRIVER_OK)
+
+    def init(self, queues: int, wanted: int | None = None) -> list[FakeDriver]:
+        """The whole handshake with `queues` queues set up; returns their rings."""
+        self.probe()
+        self.negotiate(wanted)
+        rings = [self.setup_queue(i) for i in range(queues)]
+        self.driver_ok()
+        return rings

@@ -14,14 +14,14 @@ read(offset, size) and write(offset, size, value): an MmioTransport, or a bus wi
 """
 from __future__ import annotations
 
-from harness.fakes.driver import DriverError, FakeDriver
+from harness.fakes.driver import DriverError, FakeDriver, TransportDriver
 from launcher.devices.base import VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, DeviceStatus
 from launcher.transports.mmio import CONFIG_SPACE, MAGIC_VALUE, VERSION, MmioReg
 
 QUEUE_REGION = 0x40000      # rings + data arena per queue
 
 
-class MmioDriver:
+class MmioDriver(TransportDriver):
     def __init__(self, bus, memory, *, base: int = 0x10000, region: int = QUEUE_REGION):
         self.bus, self.memory = bus, memory
         self.next_region, self.region = base, region
@@ -110,17 +110,6 @@ class MmioDriver:
         if self.read(MmioReg.QUEUE_READY):
             raise DriverError(f"queue {index} still ready after QueueReady=0")
         self.rings.pop(index, None)
-
-    def driver_ok(self) -> None:
-        self.add_status(DeviceStatus.DRIVER_OK)
-
-    def init(self, queues: int, wanted: int | None = None) -> list[FakeDriver]:
-        """The whole handshake with `queues` queues set up; returns their rings."""
-        self.probe()
-        self.negotiate(wanted)
-        rings = [self.setup_queue(i) for i in range(queues)]
-        self.driver_ok()
-        return rings
 
     # -- running ----------------------------------------------------------------------------------
     def notify(self, index: int) -> None:

@@ -12,7 +12,7 @@ transport itself, or a view of the hypervisor's MMIO bus at the BAR's address.
 """
 from __future__ import annotations
 
-from harness.fakes.driver import DriverError, FakeDriver
+from harness.fakes.driver import DriverError, FakeDriver, TransportDriver
 from launcher.devices.base import VIRTIO_RING_F_EVENT_IDX, DeviceStatus
 from launcher.transports.pci import BAR_INDEX, DEVICE_ID_BASE, VENDOR_ID, CfgType, CommonCfg
 from launcher.transports.pci_config import CAP_ID_VENDOR, Command, PciReg
@@ -21,7 +21,7 @@ from launcher.transports.pci_host import DATA_OFFSET, ENABLE
 QUEUE_REGION = 0x40000
 
 
-class PciDriver:
+class PciDriver(TransportDriver):
     def __init__(self, host, slot: int, bar, memory, *, base: int = 0x10000, region: int = QUEUE_REGION):
         self.host, self.slot, self.bar, self.memory = host, slot, bar, memory
         self.next_region, self.region = base, region
@@ -124,16 +124,6 @@ class PciDriver:
         self.write(CommonCfg.QUEUE_ENABLE, 1, 2)
         self.rings[index] = ring
         return ring
-
-    def driver_ok(self) -> None:
-        self.add_status(DeviceStatus.DRIVER_OK)
-
-    def init(self, queues: int, wanted: int | None = None) -> list[FakeDriver]:
-        self.probe()
-        self.negotiate(wanted)
-        rings = [self.setup_queue(i) for i in range(queues)]
-        self.driver_ok()
-        return rings
 
     # -- running ----------------------------------------------------------------------------------
     def notify(self, index: int, notify_off: int | None = None) -> None:
