@@ -168,7 +168,7 @@ def build_l1_initramfs(dest: Path, modules: list[Path], init: str) -> Path:
 
 # -- running L1 ---------------------------------------------------------------------------------------
 def qemu_argv(vmlinuz: Path, initrd: Path, *, cpus: int, mem_mb: int) -> list[str]:
-    return [QEMU, "-accel", "tcg,thread=multi", "-cpu", "EPYC", "-smp", str(cpus), "-m", str(mem_mb),
+    return [QEMU, "-accel", os.environ.get("LH_TCG", "tcg,thread=multi"), "-cpu", "EPYC", "-smp", str(cpus), "-m", str(mem_mb),
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 quiet loglevel=4 kvm_amd.nested=1",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pexpect
 
+from harness import warm_restore
 from harness.console import Guest
 from harness.launch import GuestSpec, _guest_bytes_unchanged
 from harness.initramfs import AGENT_PARAM
@@ -28,6 +29,7 @@ from launcher.snapshot import MANIFEST, file_sha256
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lguest-harness" / "snapshots"
 SNAPSHOT_TIMEOUT = 900.0
+COLD_RESTORE_ENV = "LGUEST_HARNESS_COLD_RESTORE"
 _serial = itertools.count(1)
 
 
@@ -92,28 +94,43 @@ def cached(spec: GuestSpec, log_dir: Path, cache: Path = CACHE) -> Path:
     return directory
 
 
+def restore_arguments(directory: Path, *, disks=(), timeout: float = 900.0, extra=()) -> list[str]:
+    """`lguest-harness restore`'s arguments for directory."""
+    return ["--verbose", "--timeout", f"{timeout:g}", *[f"--block={d}" for d in disks], *extra, str(directory)]
+
+
 def restore_argv(directory: Path, *, disks=(), timeout: float = 900.0, netns: str | None = None,
                  extra=()) -> list[str]:
+    """The restore as a command of its own (a new Python each time: see harness.warm_restore)."""
     import sys
     # `lguest-harness restore` itself, without the harness's other commands to import first.
-    argv = [sys.executable, "-m", "launcher.cli_restore", "--verbose", "--timeout", f"{timeout:g}",
-            *[f"--block={d}" for d in disks], *extra, str(directory)]
+    argv = [sys.executable, "-m", "launcher.cli_restore", *restore_arguments(directory, disks=disks,
+                                                                               timeout=timeout, extra=extra)]
     return ["ip", "netns", "exec", netns, *argv] if netns else argv
 
 
 def restore(directory: Path, log_dir: Path, name: str | None = None, *, disks=(), timeout: float = 900.0,
-            netns: str | None = None, channel: bool | None = None) -> Guest:
+            netns: str | None = None, channel: bool | None = None, warm: bool | None = None) -> Guest:
     """A Guest running `lguest-harness restore directory` under pexpect.  Its commands go over the
     command channel when the snapshot's agent waits on hvc0 (channel=None: whenever it does),
-    else they are typed on the serial console."""
+    else they are typed on the serial console.  warm (default: unless $LGUEST_HARNESS_COLD_RESTORE
+    is 1): forked by the session's restore server rather than started as a new process."""
     name = name or f"restored{next(_serial)}"
     log_dir.mkdir(parents=True, exist_ok=True)
     launcher_log = log_dir / f"{name}.launcher.log"
-    argv = restore_argv(directory, disks=disks, timeout=timeout, netns=netns)
-    command = f"exec {shlex.join(argv)} 2>{shlex.quote(str(launcher_log))}"
-    child = pexpect.spawn("/bin/sh", ["-c", command], encoding="utf-8", codec_errors="replace",
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"), dimensions=(50, 200),
-                          preexec_fn=_guest_bytes_unchanged)
+    launcher_log.unlink(missing_ok=True)       # a log left by an earlier run names an old pty
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if warm is None:
+        warm = os.environ.get(COLD_RESTORE_ENV) != "1"
+    if warm:
+        child = warm_restore.spawn(restore_arguments(directory, disks=disks, timeout=timeout), log=launcher_log,
+                                   netns=netns, encoding="utf-8", codec_errors="replace", env=env,
+                                   dimensions=(50, 200))
+    else:
+        argv = restore_argv(directory, disks=disks, timeout=timeout, netns=netns)
+        command = f"exec {shlex.join(argv)} 2>{shlex.quote(str(launcher_log))}"
+        child = pexpect.spawn("/bin/sh", ["-c", command], encoding="utf-8", codec_errors="replace", env=env,
+                              dimensions=(50, 200), preexec_fn=_guest_bytes_unchanged)
     guest = Guest(child, name=name, launcher_log=launcher_log)
     if channel is None:
         channel = _agent_on_hvc0(Path(directory))

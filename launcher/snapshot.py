@@ -24,6 +24,7 @@ names, used in place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ class SnapshotError(LauncherError):
     """A snapshot cannot be written, or a directory is not a snapshot this launcher can restore."""
 
 
+@functools.cache
 def launcher_version() -> str:
     try:
         from importlib.metadata import version
