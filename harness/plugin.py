@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import sys
 import os
 import re
 from pathlib import Path
@@ -37,6 +38,7 @@ _GUESTS = pytest.StashKey[list]()
 _POOL = pytest.StashKey[dict]()
 _NUMBERS = pytest.StashKey[itertools.count]()    # pooled guests' names: each its own, replacements too
 _CHECKED = pytest.StashKey[dict]()        # (kernel, backend) -> problem or None
+_SNAPSHOTS = pytest.StashKey[dict]()      # repr(spec) -> its snapshot, fixed for the session
 _ATTACHED = pytest.StashKey[set]()        # guests whose logs an item's report already carries
 _IMAGES = pytest.StashKey[dict]()         # content hash of files=/commands= -> initramfs path
 _KTAP_FAILED = pytest.StashKey[list]()    # an item's failing KTAP subtests
@@ -244,7 +246,11 @@ class _Booter:
         if not backend_class(spec.backend or default_backend()).snapshots:
             return self.boot(spec, name)
         from harness import snapshots
-        directory = snapshots.cached(spec, self.log_dir)
+        taken = self.config.stash.setdefault(_SNAPSHOTS, {})
+        directory = taken.get(repr(spec))
+        if directory is None:
+            directory = taken[repr(spec)] = snapshots.cached(
+                spec, self.log_dir, log=lambda m: print(f"lguest-harness: {m}", file=sys.stderr))
         guest = snapshots.restore(directory, self.log_dir, name, timeout=spec.timeout, netns=spec.netns)
         self.request.node.stash.setdefault(_GUESTS, []).append(guest)
         return guest

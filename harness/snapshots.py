@@ -10,6 +10,7 @@ the kernel's and initramfs's contents and every option, like the kernel build.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import itertools
 import json
@@ -17,6 +18,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pexpect
@@ -30,6 +32,7 @@ from launcher.snapshot import MANIFEST, file_sha256
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lguest-harness" / "snapshots"
 SNAPSHOT_TIMEOUT = 900.0
 COLD_RESTORE_ENV = "LGUEST_HARNESS_COLD_RESTORE"
+STALE_AFTER = 30 * 60.0     # s: a jump of this much costs a restored guest ~0.25 s on kvm_pvm
 _serial = itertools.count(1)
 
 
@@ -77,11 +80,16 @@ def _cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
 
 
-def cached(spec: GuestSpec, log_dir: Path, cache: Path = CACHE) -> Path:
-    """The snapshot of spec's guest, taken on first use and kept (an unfinished one is retaken)."""
+def cached(spec: GuestSpec, log_dir: Path, cache: Path = CACHE, log=None) -> Path:
+    """The snapshot of spec's guest, taken on first use and kept (an unfinished one is retaken,
+    and so is a stale one where the guest's clock jumps by the snapshot's age: see stale())."""
     directory = cache / spec_key(spec)
     if (directory / "manifest.json").is_file():
-        return directory
+        reason = stale(directory)
+        if reason is None:
+            return directory
+        if log:
+            log(f"snapshot {directory.name} retaken: {reason}")
     shutil.rmtree(directory, ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)
     staging = cache / f".{directory.name}.{os.getpid()}"
@@ -92,6 +100,25 @@ def cached(spec: GuestSpec, log_dir: Path, cache: Path = CACHE) -> Path:
     except OSError:             # another session got there first
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def stale(directory: Path, now: float | None = None) -> str | None:
+    """Why a cached snapshot should be retaken on this host, or None.  Where a restored guest's
+    clock jumps by the snapshot's age (hostquirks.guest_clock_jumps_on_restore), every restore
+    pays for the jump, so a snapshot older than STALE_AFTER is not worth keeping."""
+    from launcher.hostquirks import detect_host, guest_clock_jumps_on_restore
+    if not guest_clock_jumps_on_restore(detect_host()):
+        return None
+    try:
+        created = datetime.datetime.strptime(json.loads((directory / MANIFEST).read_text())["created"],
+                                             "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its manifest gives no creation time"
+    age = (time.time() if now is None else now) - created
+    if age <= STALE_AFTER:
+        return None
+    return (f"{age / 60:.0f} minutes old, and on this host a restored guest's clock jumps by the "
+            f"snapshot's age (its kernel then catches up a second at a time)")
 
 
 def restore_arguments(directory: Path, *, disks=(), timeout: float = 900.0, extra=()) -> list[str]:

@@ -33,3 +33,35 @@ def test_cache_key_follows_file_contents_and_options(tmp_path):
 def test_restore_argv_passes_disks_in_order():
     argv = restore_argv(Path("/snap"), disks=("a.img", "b.img"), timeout=30)
     assert argv[-3:] == ["--block=a.img", "--block=b.img", "/snap"] and "launcher.cli_restore" in argv
+
+
+def _manifest(directory: Path, created: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "manifest.json").write_text(f'{{"created": "{created}"}}')
+    return directory
+
+
+def test_a_snapshot_is_stale_by_age_only_where_the_guest_clock_jumps(tmp_path, monkeypatch):
+    import harness.snapshots as snapshots
+    from launcher import hostquirks
+    snap = _manifest(tmp_path / "s", "2026-12-01T07:00:00+0000")
+    created = 1796108400.0      # 2026-12-01T07:00:00Z
+    monkeypatch.setattr(hostquirks, "detect_host", lambda: hostquirks.HostKind.KVM_PVM)
+    assert snapshots.stale(snap, now=created + 60) is None
+    reason = snapshots.stale(snap, now=created + 2 * 3600)
+    assert "120 minutes old" in reason and "clock jumps" in reason
+    assert "creation time" in snapshots.stale(_manifest(tmp_path / "t", "yesterday"), now=created)
+    monkeypatch.setattr(hostquirks, "detect_host", lambda: hostquirks.HostKind.KVM)
+    assert snapshots.stale(snap, now=created + 30 * 86400) is None
+
+
+def test_cached_retakes_a_stale_snapshot_and_says_why(tmp_path, monkeypatch):
+    import harness.snapshots as snapshots
+    s = spec(tmp_path)
+    old = _manifest(tmp_path / "cache" / spec_key(s), "2026-01-01T00:00:00+0000")
+    taken, said = [], []
+    monkeypatch.setattr(snapshots, "stale", lambda d: "too old")
+    monkeypatch.setattr(snapshots, "take", lambda spec, d, log_dir: taken.append(d) or _manifest(d, "now"))
+    assert snapshots.cached(s, tmp_path / "logs", cache=tmp_path / "cache", log=said.append) == old
+    assert len(taken) == 1 and said == [f"snapshot {old.name} retaken: too old"]
+    assert (old / "manifest.json").read_text() == '{"created": "now"}'
