@@ -1,6 +1,8 @@
 """The command channel on real guests (recipe kernel, the harness's initramfs with lh-agent on
 hvc0), on our KVM launcher and on QEMU (the reference VMM: its virtio console behind our hvc0
-pty): the cases every backend shares (tests/channel_cases.py), then what only a real shell can do."""
+pty): the cases every backend shares (tests/channel_cases.py), then what only a real shell can do.
+Tests that break or reshape their guest's shell or channel get a fresh guest each (restored from
+the session's snapshot where the backend can, booted where it cannot), so no state leaks on."""
 import pytest
 
 from harness.console import GuestTimeout
@@ -19,7 +21,7 @@ def test_channel_case(guest, guest_backend, tmp_path, case):
         case(guest, tmp_path)
 
 
-@pytest.mark.guest(mem=64, backends=BACKENDS)
+@pytest.mark.guest(mem=64, backends=BACKENDS, fresh=True)
 def test_garbage_written_into_hvc0_is_a_protocol_error(guest, tmp_path):
     cases.garbage_from_the_guest_is_a_protocol_error(guest, tmp_path, "printf 'junk on the channel' >/dev/hvc0")
 
@@ -31,7 +33,7 @@ def test_serial_log_keeps_the_kernel_log_and_channel_output_stays_off_it(guest):
     assert "only-on-the-channel" not in guest.serial_log
 
 
-@pytest.mark.guest(mem=64, backends=BACKENDS)
+@pytest.mark.guest(mem=64, backends=BACKENDS, fresh=True)
 def test_a_command_that_closes_stdout_early(guest):
     result = guest.run("echo before; exec 1>&-; echo after; echo to-stderr >&2")
     assert result.stdout == "before\n"
@@ -39,7 +41,7 @@ def test_a_command_that_closes_stdout_early(guest):
     assert guest.run("echo stdout-is-back").stdout == "stdout-is-back\n"   # only that command's stdout closed
 
 
-@pytest.mark.guest(mem=64, backends=BACKENDS)
+@pytest.mark.guest(mem=64, backends=BACKENDS, fresh=True)
 def test_an_endless_builtin_loop_is_killed_and_the_shell_state_starts_over(guest):
     guest.run("cd /tmp")
     with pytest.raises(GuestTimeout, match="killed"):
@@ -47,7 +49,7 @@ def test_an_endless_builtin_loop_is_killed_and_the_shell_state_starts_over(guest
     assert guest.run("pwd").stdout == "/\n"          # a new shell after the kill
 
 
-@pytest.mark.guest(mem=64, backends=BACKENDS)
+@pytest.mark.guest(mem=64, backends=BACKENDS, fresh=True)
 def test_shell_state_carries_over_between_commands(guest):
     guest.run("cd /proc; answer() { echo 42; }")
     assert guest.run("pwd; answer").stdout == "/proc\n42\n"
@@ -55,7 +57,7 @@ def test_shell_state_carries_over_between_commands(guest):
     assert guest.run("echo still here").stdout == "still here\n"
 
 
-@pytest.mark.guest(mem=64, backends=BACKENDS)
+@pytest.mark.guest(mem=64, backends=BACKENDS, fresh=True)
 def test_late_output_of_a_background_process_never_reaches_the_next_command(guest):
     guest.run("(sleep 1; echo late-from-background) &")
     assert guest.run("sleep 3; echo mine", timeout=60).stdout == "mine\n"
