@@ -32,3 +32,39 @@ def test_l1_is_an_svm_capable_amd_cpu_with_the_host_root_read_only(tmp_path):
     assert argv[argv.index("-cpu") + 1] == "EPYC" and argv[argv.index("-accel") + 1].startswith("tcg")
     virtfs = argv[argv.index("-virtfs") + 1]
     assert "path=/," in virtfs and "readonly=on" in virtfs and "kvm_amd.nested=1" in argv[argv.index("-append") + 1]
+
+
+LOCKED = (b"[  981.580802] watchdog: BUG: soft lockup - CPU#0 stuck for 861s! [kworker/0:2:54]\r\n"
+          b"[  981.680219] watchdog: BUG: soft lockup - CPU#1 stuck for 861s! [swapper/1:0]\r\n")
+
+
+def test_a_cpu_stuck_for_minutes_in_l1s_kernel_is_a_lockup_and_a_passing_stall_is_not():
+    assert nested.l1_lockup(LOCKED) == "watchdog: BUG: soft lockup - CPU#0 stuck for 861s! [kworker/0:2:54]"
+    assert nested.l1_lockup(b"[   61.1] watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [python3:812]\n") is None
+    # A guest's console inside a pytest report is not L1's kernel speaking.
+    assert nested.l1_lockup(b"E   [  900.0] watchdog: BUG: soft lockup - CPU#0 stuck for 600s! [sh:1]\n") is None
+
+
+def test_a_locked_up_l1_is_stopped_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(nested, "LOCKUP_POLL", 0.05)
+    script = tmp_path / "l1"
+    script.write_text("#!/bin/sh\nprintf '%s' '" + LOCKED.decode().replace("\r\n", "\n") + "'\nexec sleep 600\n")
+    script.chmod(0o755)
+    log = tmp_path / "console.log"
+    try:
+        nested._run_l1([str(script)], log, timeout=60)
+    except nested.L1LockedUp as err:
+        assert "stuck for 861s" in str(err)
+    else:
+        raise AssertionError("the lockup went unnoticed")
+    assert b"CPU#1" in log.read_bytes()
+
+
+def test_an_l1_past_its_time_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(nested, "LOCKUP_POLL", 0.05)
+    try:
+        nested._run_l1(["sleep", "600"], tmp_path / "console.log", timeout=0.3)
+    except nested.L1LockedUp:
+        raise AssertionError("a timeout is not a lockup")
+    except nested.NestedError as err:
+        assert "did not finish within 0.3 s" in str(err)
