@@ -303,19 +303,27 @@ def _shutdown(guest: Guest) -> None:
 
 @pytest.fixture
 def guest_factory(request, guest_kernel, guest_image, guest_backend, tmp_path_factory):
-    """make(name=None, wait=True, **marker_options) -> Guest (kernel= and initrd= override the
-    session's); every guest it boots is shut down after the test.  wait=False returns at once,
-    before the ready marker (for guests that are expected not to get there)."""
+    """make(name=None, wait=True, fresh=False, **marker_options) -> Guest (kernel= and initrd=
+    override the session's); every guest it boots is shut down after the test.  wait=False
+    returns at once, before the ready marker (for guests that are expected not to get there);
+    fresh=True restores the guest from the session's snapshot of that spec (as the marker's
+    fresh=True does), and throws it away after the test."""
     booter = _booter(request, guest_kernel, guest_image, guest_backend, tmp_path_factory)
     booted: list[Guest] = []
+    restored: list[Guest] = []
 
-    def make(name: str | None = None, wait: bool = True, **options) -> Guest:
-        guest = booter.boot(booter.spec(**options), name or f"guest{len(booted) + 1}", wait)
-        booted.append(guest)
-        return guest
+    def make(name: str | None = None, wait: bool = True, fresh: bool = False, **options) -> Guest:
+        name = name or f"guest{len(booted) + len(restored) + 1}"
+        if fresh:
+            restored.append(booter.restore_fresh(booter.spec(**options), name))
+            return restored[-1]
+        booted.append(booter.boot(booter.spec(**options), name, wait))
+        return booted[-1]
     yield make
     for guest in booted:
         _shutdown(guest)
+    for guest in restored:
+        guest.close()
 
 
 @pytest.fixture

@@ -208,3 +208,10 @@ def test_fresh_guests_share_nothing(guest, turn):
     assert guest.run("test -e /tmp/left-behind").status == 1, "a previous test's file leaked into this guest"
     assert guest.run(f"echo {turn} > /tmp/left-behind").ok
     assert guest.run("cat /tmp/left-behind").output.strip() == str(turn)
+
+
+def test_guest_factory_restores_fresh_guests_side_by_side(guest_factory):
+    first, second = guest_factory(fresh=True), guest_factory(fresh=True)
+    assert first.run("echo first > /tmp/mine").ok
+    assert second.run("test -e /tmp/mine").status == 1, "a file written in one restored guest reached the other"
+    assert first.child.pid != second.child.pid and first.run("cat /tmp/mine").stdout == "first\n"
