@@ -39,7 +39,7 @@ from launcher import cli_restore, snapshot
 WARM_MODULES = ("launcher.hypervisor.kvm", "launcher.transports.mmio", "launcher.transports.pci",
                 "launcher.devices.console", "launcher.devices.net", "launcher.devices.rng",
                 "launcher.devices.snapshot", "launcher.transports.mmio_snapshot", "launcher.io.console_backends",
-                "pyroute2.netns")
+                "launcher.io.service", "native.barrier", "pyroute2.netns")
 
 MAX_MESSAGE = 1 << 16
 FDS_PER_REQUEST = 2
