@@ -95,9 +95,14 @@ def _guest_bytes_unchanged() -> None:
     original did, so the pty's ONLCR would turn the guest's "\\r\\n" into "\\r\\r\\n";
     the KVM serial console goes fully raw itself.  Either way the guest's bytes reach us
     unchanged."""
-    attrs = termios.tcgetattr(0)
+    output_unprocessed(0)
+
+
+def output_unprocessed(fd: int) -> None:
+    """Turn off output processing (OPOST) on the terminal fd: see _guest_bytes_unchanged."""
+    attrs = termios.tcgetattr(fd)
     attrs[1] &= ~termios.OPOST
-    termios.tcsetattr(0, termios.TCSANOW, attrs)
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
 def boot(spec: GuestSpec, log_dir: Path, name: str | None = None, wait: bool = True,

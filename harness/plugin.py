@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import sys
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest

@@ -30,7 +30,8 @@ from pathlib import Path
 import pexpect
 import ptyprocess
 
-START_TIMEOUT = 60.0
+from harness.launch import output_unprocessed
+
 _lock = threading.Lock()
 _server: "RestoreServer | None" = None
 
@@ -126,9 +127,7 @@ class ServedSpawn(pexpect.spawn):
         master, slave = pty.openpty()
         try:
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *dimensions, 0, 0))
-            attrs = termios.tcgetattr(slave)
-            attrs[1] &= ~termios.OPOST          # the guest's bytes unchanged (harness.launch)
-            termios.tcsetattr(slave, termios.TCSANOW, attrs)
+            output_unprocessed(slave)           # the guest's bytes unchanged, as under harness.launch
             conn = server().connect()
             with open(self._launcher_log, "wb") as log:
                 request = {"argv": [a.decode() if isinstance(a, bytes) else a for a in args[1:]],
