@@ -39,6 +39,7 @@ QEMU = "qemu-system-x86_64"
 L1_ATTEMPTS = 2
 LOCKUP_SECONDS = 120
 LOCKUP_POLL = 5.0
+STALL_SECONDS = 600
 LOCKUP_PATTERN = re.compile(rb"(?m)^\[ *\d+\.\d+\] (watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s!.*?)\r?$")
 
 
@@ -192,17 +193,7 @@ def run_nested(command: list[str], *, log_path: Path, timeout: float, cpus: int 
     build_l1_initramfs(initrd, modules, l1_init([p.name for p in modules], os.getcwd(), command, env))
     log(f"nested: L1 = {QEMU} -accel tcg -cpu EPYC, {vmlinuz.name}, {len(modules)} modules; console: {log_path}")
     argv = qemu_argv(vmlinuz, initrd, cpus=cpus, mem_mb=mem_mb)
-    for attempt in range(1, L1_ATTEMPTS + 1):
-        started = time.monotonic()
-        try:
-            _run_l1(argv, log_path, timeout)
-            break
-        except L1LockedUp as lockup:
-            _show_tail(log_path, log)
-            if attempt == L1_ATTEMPTS:
-                raise NestedError(f"{lockup} (twice; console: {log_path})") from None
-            log(f"nested: {lockup} -- L1's own kernel under QEMU TCG, not a test: starting L1 once more "
-                f"(the first console is kept as {_keep_first(log_path).name})")
+    started = _run_attempts(argv, log_path, time.monotonic() + timeout, log)
     initrd.unlink(missing_ok=True)
     found = EXIT_PATTERN.findall(log_path.read_bytes())
     if not found or int(found[-1]):
@@ -213,23 +204,59 @@ def run_nested(command: list[str], *, log_path: Path, timeout: float, cpus: int 
     return int(found[-1])
 
 
-class L1LockedUp(NestedError):
-    pass
+def _run_attempts(argv: list[str], log_path: Path, deadline: float, log) -> float:
+    """Run L1 until one run ends by itself; a run whose own kernel locked up or fell silent is
+    run once more (the budget is shared, so CI's limit holds).  Returns the last run's start."""
+    for attempt in range(1, L1_ATTEMPTS + 1):
+        started = time.monotonic()
+        try:
+            _run_l1(argv, log_path, deadline - started)
+            return started
+        except L1Stuck as stuck:
+            _show_tail(log_path, log)
+            if attempt == L1_ATTEMPTS:
+                raise NestedError(f"{stuck} (twice; console: {log_path})") from None
+            log(f"nested: {stuck} -- starting L1 once more "
+                f"(the first console is kept as {_keep_first(log_path).name})")
+        except NestedError:
+            _show_tail(log_path, log)
+            raise
+    raise AssertionError("unreachable")
+
+
+class L1Stuck(NestedError):
+    """L1 stopped making progress: run it once more."""
+
+
+class L1LockedUp(L1Stuck):
+    """A CPU stuck for minutes in L1's own kernel under QEMU TCG (not a test's doing)."""
+
+
+class L1Silent(L1Stuck):
+    """L1's console did not move for STALL_SECONDS (pytest prints each test's outcome)."""
 
 
 def _run_l1(argv: list[str], log_path: Path, timeout: float) -> None:
     """Run L1 to its end, watching its console: a CPU stuck for minutes in L1's kernel (seen
-    once in CI: both vCPUs stuck from L1's second minute on, for good) ends the run at once."""
+    in CI: both vCPUs stuck from L1's second minute on, for good) or a console silent for
+    STALL_SECONDS ends the run at once."""
     deadline = time.monotonic() + timeout
     with open(log_path, "wb") as console:
         qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT)
+    size, moved = 0, time.monotonic()
     try:
         while qemu.poll() is None:
-            if time.monotonic() > deadline:
-                raise NestedError(f"L1 did not finish within {timeout:g} s (console: {log_path})")
-            stuck = l1_lockup(log_path.read_bytes())
+            now = time.monotonic()
+            if now > deadline:
+                raise NestedError(f"L1 did not finish within {timeout:.0f} s (console: {log_path})")
+            text = log_path.read_bytes()
+            stuck = l1_lockup(text)
             if stuck:
                 raise L1LockedUp(f"L1's kernel locked up ({stuck})")
+            if len(text) != size:
+                size, moved = len(text), now
+            elif now - moved > STALL_SECONDS:
+                raise L1Silent(f"L1's console has not moved for {now - moved:.0f} s")
             time.sleep(LOCKUP_POLL)
     finally:
         if qemu.poll() is None:
@@ -248,7 +275,7 @@ def l1_lockup(console: bytes) -> str | None:
 
 
 def _keep_first(log_path: Path) -> Path:
-    kept = log_path.with_name(f"{log_path.stem}-locked-up{log_path.suffix}")
+    kept = log_path.with_name(f"{log_path.stem}-first-attempt{log_path.suffix}")
     shutil.copyfile(log_path, kept)
     return kept
 

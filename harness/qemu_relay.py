@@ -16,7 +16,6 @@ start -> 1 with its message.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import pty
@@ -35,7 +34,7 @@ from launcher.cli import say_to_stderr
 from launcher.consolewatch import ConsoleEvent, ConsoleWatcher, MarkerClock
 from launcher.devspec import DeviceSpecError
 from launcher.hypervisor.base import EXIT_LAUNCHER_ERROR, Outcome, Stopped
-from launcher.io.processes import stop_process
+from launcher.io.processes import die_with_parent, stop_process
 
 from harness.qemu import EXIT_USAGE, ChardevFds, QemuPlan, QemuUsage, Tap, available, plan
 
@@ -45,7 +44,6 @@ STOP_GRACE = 5.0
 CHUNK = 65536
 SNDBUF = 64 << 20           # QEMU's end: what the guest may write before we read it
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-PR_SET_PDEATHSIG = 1
 ENDINGS = {ConsoleEvent.POWER_OFF: (Outcome.POWER_OFF, "the kernel printed 'reboot: Power down'"),
            ConsoleEvent.HALTED: (Outcome.HALTED, "the kernel printed 'System halted'")}
 
@@ -142,7 +140,7 @@ def _boot(the_plan: QemuPlan, args, say, stack: ExitStack, ours, theirs) -> int:
     stack.enter_context(_signals_interrupt())
     proc = subprocess.Popen(the_plan.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, pass_fds=[s.fileno() for s in theirs],
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=lambda: die_with_parent(signal.SIGKILL))
     stack.callback(stop_process, proc, STOP_GRACE)
     for sock in theirs:
         sock.close()            # QEMU holds them now: its exit is our EOF
@@ -156,13 +154,6 @@ def _boot(the_plan: QemuPlan, args, say, stack: ExitStack, ours, theirs) -> int:
         say(f"qemu failed: {err}")
         return EXIT_LAUNCHER_ERROR
     return _report(stopped, args, started, marker, say)
-
-
-def _die_with_parent() -> None:
-    """In QEMU's process before exec: SIGKILL when we die, even by SIGKILL (pexpect's last
-    resort), so no guest outlives its relay."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @contextmanager

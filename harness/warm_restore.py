@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import pty
+import select
 import signal
 import socket
 import struct
@@ -32,6 +33,7 @@ import ptyprocess
 
 from harness.launch import output_unprocessed
 
+START_TIMEOUT = 60.0     # the server's imports: 0.4 s here, far more in an emulated L1
 _lock = threading.Lock()
 _server: "RestoreServer | None" = None
 
@@ -46,10 +48,11 @@ class RestoreServer:
         self.socket_path = self.directory / "socket"
         self.process = subprocess.Popen([sys.executable, "-m", "launcher.restore_server", str(self.socket_path)],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        ready = self.process.stdout.readline()
-        if ready.strip() != b"ready":
+        said = select.select([self.process.stdout], [], [], START_TIMEOUT)[0]
+        if not said or self.process.stdout.readline().strip() != b"ready":
             self.stop()
-            raise RestoreServerError(f"the restore server did not start (exit status {self.process.poll()})")
+            why = f"exit status {self.process.poll()}" if said else f"no word in {START_TIMEOUT:g} s"
+            raise RestoreServerError(f"the restore server did not start ({why})")
 
     def connect(self) -> socket.socket:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)

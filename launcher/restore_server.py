@@ -33,6 +33,7 @@ import termios
 import traceback
 
 from launcher import cli_restore, snapshot
+from launcher.io.processes import die_with_parent
 
 # The whole restore path, imported before the first fork so no child pays for it (the
 # launcher imports its backend, devices and transports when a guest needs them).
@@ -171,13 +172,6 @@ class Server:
             conn.close()
         os.close(self.wakeup_r)
         die_with_parent()
-
-
-def die_with_parent() -> None:
-    """SIGTERM when the parent goes: the server with its session, a guest with its server."""
-    import ctypes
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _take_terminal(terminal: int, stderr: int) -> None:

@@ -63,8 +63,32 @@ def test_a_locked_up_l1_is_stopped_at_once(tmp_path, monkeypatch):
 def test_an_l1_past_its_time_is_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(nested, "LOCKUP_POLL", 0.05)
     try:
-        nested._run_l1(["sleep", "600"], tmp_path / "console.log", timeout=0.3)
-    except nested.L1LockedUp:
-        raise AssertionError("a timeout is not a lockup")
+        nested._run_l1(["sleep", "600"], tmp_path / "console.log", timeout=1)
+    except nested.L1Stuck:
+        raise AssertionError("a timeout is not a reason to run L1 again")
     except nested.NestedError as err:
-        assert "did not finish within 0.3 s" in str(err)
+        assert "did not finish within 1 s" in str(err)
+
+
+def test_an_l1_whose_console_falls_silent_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(nested, "LOCKUP_POLL", 0.05)
+    monkeypatch.setattr(nested, "STALL_SECONDS", 0.5)
+    log = tmp_path / "console.log"
+    try:
+        nested._run_l1(["sh", "-c", "echo test_a.py ...; sleep 600"], log, timeout=60)
+    except nested.L1Silent as err:
+        assert "has not moved for" in str(err)
+    else:
+        raise AssertionError("the silence went unnoticed")
+
+
+def test_a_stuck_l1_runs_once_more_within_the_same_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(nested, "LOCKUP_POLL", 0.05)
+    monkeypatch.setattr(nested, "STALL_SECONDS", 0.5)
+    marker = tmp_path / "ran-once"
+    l1 = f"if [ -e {marker} ]; then echo '{nested.EXIT_LINE}0'; else touch {marker}; echo boot; sleep 600; fi"
+    log, said = tmp_path / "console.log", []
+    nested._run_attempts(["sh", "-c", l1], log, nested.time.monotonic() + 60, said.append)
+    assert nested.EXIT_LINE.encode() in log.read_bytes()
+    assert b"boot" in (tmp_path / "console-first-attempt.log").read_bytes()      # the first run's console is kept
+    assert any("starting L1 once more" in line for line in said)
