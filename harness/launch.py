@@ -31,6 +31,9 @@ from harness.initramfs import AGENT_PARAM
 
 DEFAULT_CMDLINE = ("console=ttyS0", "panic=-1", "quiet")
 FAKE_SHELL = "fake.shell"       # the fake guest's shell (harness.fakes.fake_shell)
+# How long the fake guest waits for each device answer: its 5 s default suits unit tests, not
+# a guest in an emulated L1 (the nested stage), where a service thread's first run can take that.
+FAKE_DEVICE_WAIT = "fake.timeout=60"
 _serial = itertools.count(1)
 
 
@@ -71,14 +74,16 @@ class GuestSpec:
         return argv
 
     def kernel_args(self) -> tuple[str, ...]:
-        """The guest's command line: cmdline, plus fake.shell on the fake backend, plus where
-        the command channel's agent goes."""
+        """The guest's command line: cmdline, plus fake.shell and a patient fake.timeout on the
+        fake backend, plus where the command channel's agent goes."""
         args = self.cmdline
         where = self.agent_console()
         if where and not any(a.startswith(f"{AGENT_PARAM}=") for a in args):
             args = (*args, f"{AGENT_PARAM}={where}")
         if self.backend == "fake" and FAKE_SHELL not in args:
             args = (*args, FAKE_SHELL)
+        if self.backend == "fake" and not any(a.startswith("fake.timeout=") for a in args):
+            args = (*args, FAKE_DEVICE_WAIT)
         return args
 
     def agent_console(self) -> str | None:

@@ -130,9 +130,21 @@ def boot(args, **launcher_options) -> int:
         return own_vmm(args)
     config = config_from_args(args)
     report = command_report(PROG, args.verbose)
-    with Launcher(config, report=report, **launcher_options) as vm:
-        stopped = vm.run()
-    return report_outcome(stopped, vm, args)
+    return run_to_the_end(lambda: Launcher(config, report=report, **launcher_options), args)
+
+
+def run_to_the_end(open_launcher, args, prog: str = PROG) -> int:
+    """Run one guest and say why it ended -- before a failed close's error, not instead of it:
+    a guest that died and left a service thread stuck is reported as both, cause first."""
+    stopped = None
+    try:
+        with open_launcher() as vm:
+            stopped = vm.run()
+    except LauncherError:
+        if stopped is not None:
+            report_outcome(stopped, vm, args, prog)
+        raise
+    return report_outcome(stopped, vm, args, prog)
 
 
 def report_outcome(stopped: Stopped, vm: Launcher, args, prog: str = PROG) -> int:

@@ -49,10 +49,8 @@ _stderr = cli.say_to_stderr(PROG)
 
 def restore(args) -> int:
     report = cli.command_report(PROG, args.verbose)
-    with Launcher.restore(args.directory, disks=tuple(args.disk_overrides), timeout=args.timeout,
-                          report=report) as vm:
-        stopped = vm.run()
-    return cli.report_outcome(stopped, vm, args, prog=PROG)
+    return cli.run_to_the_end(lambda: Launcher.restore(args.directory, disks=tuple(args.disk_overrides),
+                                                      timeout=args.timeout, report=report), args, PROG)
 
 
 def run(args) -> int:

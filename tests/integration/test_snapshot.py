@@ -25,6 +25,7 @@ from harness.initramfs import build_initramfs
 from harness.kernel import ensure_kernel
 from harness.launch import GuestSpec
 from harness.snapshots import restore, take
+from launcher.hostquirks import detect_host, guest_clock_jumps_on_restore
 from launcher.snapshot import copy_sparse
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
@@ -137,6 +138,26 @@ def test_timers_carry_on_after_restore(restored):
     assert 1.0 <= b - a < 30 and wall >= 1.0        # sleep 1 took a second of guest time, not 0 or hours
     warnings = guest.run("dmesg | grep -i -e 'soft lockup' -e 'clocksource.*unstable' -e 'timekeeping watchdog'")
     assert warnings.status == 1, warnings.output
+
+
+def uptime(guest) -> float:
+    return float(check(guest, "cat /proc/uptime").split()[0])
+
+
+CLOCK_GAP = 15.0
+
+
+def test_a_restored_guests_clock_starts_where_the_host_quirks_say(restored):
+    """Two guests restored CLOCK_GAP seconds apart: where the guest's TSC is the host's
+    (kvm_pvm), the later one's clock is CLOCK_GAP further on; where KVM restores the TSC, both
+    start from the snapshot's moment."""
+    first = uptime(restored("early"))
+    time.sleep(CLOCK_GAP)
+    second = uptime(restored("late"))
+    if guest_clock_jumps_on_restore(detect_host()):
+        assert second - first > CLOCK_GAP / 2, (first, second)
+    else:
+        assert abs(second - first) < CLOCK_GAP / 2, (first, second)
 
 
 def test_virtio_net_works_after_restore(tap_netns, tmp_path):

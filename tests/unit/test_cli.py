@@ -130,3 +130,16 @@ def test_an_idle_halt_with_interrupts_on_is_not_the_end(tmp_path, capfd):
     path.write_bytes(g.elf(bytes.fromhex("fb f4") + g.SPIN))      # sti; hlt: idle, an interrupt may come
     assert cli.main(["--timeout=5", "4", str(path)]) == 4
     assert "the run timed out" in capfd.readouterr().err
+
+
+def test_a_failed_close_is_reported_after_why_the_guest_ended(tiny, capfd, monkeypatch):
+    from launcher import launcher
+    from launcher.io.service import ServiceThreadStuck
+
+    def stuck(devices):
+        raise ServiceThreadStuck("console-transmitq")
+    monkeypatch.setattr(launcher, "close_devices", stuck)
+    assert cli.main(["4", str(tiny)]) == 1
+    err = capfd.readouterr().err
+    ended, failed = err.index("the guest reset itself"), err.index("console-transmitq did not stop")
+    assert ended < failed, err      # the cause first, the close's error as the last word

@@ -269,10 +269,11 @@ def booted(kernel, tmp_path, monkeypatch):
         guest.close()
 
 
-def test_fake_spec_asks_for_the_shell(kernel):
-    assert GuestSpec(kernel=kernel, backend="fake").argv()[-1] == "fake.shell"
-    assert "fake.shell" not in GuestSpec(kernel=kernel, backend="kvm").argv()
-    assert GuestSpec(kernel=kernel, backend="fake", cmdline=("fake.shell",)).argv().count("fake.shell") == 1
+def test_fake_spec_asks_for_the_shell_and_patient_device_waits(kernel):
+    assert GuestSpec(kernel=kernel, backend="fake").argv()[-2:] == ["fake.shell", "fake.timeout=60"]
+    assert not any(a.startswith("fake.") for a in GuestSpec(kernel=kernel, backend="kvm").argv())
+    mine = GuestSpec(kernel=kernel, backend="fake", cmdline=("fake.shell", "fake.timeout=2")).argv()
+    assert mine.count("fake.shell") == 1 and [a for a in mine if a.startswith("fake.timeout")] == ["fake.timeout=2"]
 
 
 def test_console_api_on_the_fake_backend(booted):
@@ -283,7 +284,7 @@ def test_console_api_on_the_fake_backend(booted):
     assert guest.run("true").ok
     assert guest.run("echo one; echo 'two  words'").output == "one\ntwo  words\n"
     assert guest.run("nosuch").status == 127
-    assert guest.run("cat /proc/cmdline").output == "console=ttyS0 lhagent=console fake.shell\n"
+    assert guest.run("cat /proc/cmdline").output == "console=ttyS0 lhagent=console fake.shell fake.timeout=60\n"
     long = "x" * 1000                                  # several receive buffers of 256 bytes
     assert guest.run(f"echo {long}").output == long + "\n"
     assert guest.poweroff() == 0
