@@ -13,6 +13,8 @@ One run of this benchmark:
      their sharers) of the launcher processes plus the restore server that forked them, and
      of their guest-RAM mappings, from /proc/PID/smaps; RSS (VmRSS) beside them, which
      counts shared pages in full in each.
+Beside each restore's wall time, the restored launcher's CPU up to the answer: user (our own
+Python; a forked child counts from its fork) and system (the kernel, KVM_RUN included).
 Targets (issue 12): restore -> answer <= 0.5 s; 4 guests <= 1.5x the memory of one.
 """
 from __future__ import annotations
@@ -22,10 +24,12 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.initramfs import build_initramfs
 from harness.kernel import ensure_kernel
+from harness.bench.runner import user_and_system_cpu
 from harness.launch import GuestSpec
 from harness import warm_restore
 from harness.snapshots import restore, take
@@ -68,7 +72,18 @@ def _restore_and_answer(directory: Path, log_dir: Path, name: str, warm: bool = 
     elapsed = time.monotonic() - start
     if result.status != 0 or result.output.strip() != "42":
         raise RuntimeError(f"restored guest answered {result.output!r} (status {result.status})")
-    return guest, elapsed
+    return guest, Timed(elapsed, *user_and_system_cpu(guest.child.pid))
+
+
+@dataclass(frozen=True)
+class Timed:
+    wall: float
+    user: float         # the restored launcher's own Python
+    system: float       # the kernel on its behalf, the guest's run included
+
+
+def _median(runs: list[Timed], field: str) -> float:
+    return statistics.median(getattr(run, field) for run in runs)
 
 
 def _sum(figures: list[dict[str, float]]) -> dict[str, float]:
@@ -104,11 +119,11 @@ def main(args) -> int:
         times = {True: [], False: []}
         for i in range(runs):
             for warm in (True, False):
-                guest, elapsed = _restore_and_answer(directory, tmp / "logs", f"timed{i}{'w' if warm else 'c'}", warm)
-                times[warm].append(elapsed)
+                guest, timed = _restore_and_answer(directory, tmp / "logs", f"timed{i}{'w' if warm else 'c'}", warm)
+                times[warm].append(timed)
                 _stop(guest)
-            _say(f"bench restore: run {i + 1}: restore -> answer {times[True][-1]:.3f} s forked by the "
-                 f"restore server, {times[False][-1]:.3f} s as a command")
+            _say(f"bench restore: run {i + 1}: restore -> answer {times[True][-1].wall:.3f} s forked by the "
+                 f"restore server, {times[False][-1].wall:.3f} s as a command")
 
         memory_file = directory / "memory.raw"
         server = warm_restore.server().process.pid     # shared by every restored guest: counted once
@@ -120,11 +135,14 @@ def main(args) -> int:
         for guest in crowd:
             _stop(guest)
 
-    med, warm = statistics.median(times[False]), times[True]
+    warm, cold_runs = [t.wall for t in times[True]], times[False]
     print(f"restore -> first answered command: median {statistics.median(warm):.3f} s of {runs} (min "
           f"{min(warm):.3f}, max {max(warm):.3f}; target <= 0.5 s) forked by the harness's restore server; "
-          f"{med:.3f} s as `lguest-harness restore` (a new Python each); cold boot -> ready {cold:.1f} s "
-          f"in the same run ({cold / statistics.median(warm):.0f}x)")
+          f"{_median(cold_runs, 'wall'):.3f} s as `lguest-harness restore` (a new Python each); cold boot -> "
+          f"ready {cold:.1f} s in the same run ({cold / statistics.median(warm):.0f}x)")
+    for label, timed in (("forked", times[True]), ("as a command", cold_runs)):
+        print(f"launcher CPU to the answer, {label}: user {_median(timed, 'user'):.2f} s (our Python), "
+              f"system {_median(timed, 'system'):.2f} s (kernel, KVM_RUN included) [medians]")
     print(f"{'':<24}{'RSS MB':>9}{'PSS MB':>9}{'guest-RAM PSS MB':>18}{'guest-RAM private MB':>22}")
     print(f"{'1 restored guest':<24}{one['rss']:>9.1f}{one['pss']:>9.1f}{one['ram_pss']:>18.1f}"
           f"{one['ram_private']:>22.1f}")

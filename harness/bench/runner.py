@@ -37,9 +37,20 @@ class Cpu:
         return Cpu(self.vcpu - other.vcpu, self.devices - other.devices)
 
 
-def _ticks(path: str) -> int:
+def _times(path: str) -> tuple[int, int]:
     fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])      # utime, stime (fields 14 and 15)
+    return int(fields[11]), int(fields[12])       # utime, stime (fields 14 and 15), in ticks
+
+
+def _ticks(path: str) -> int:
+    return sum(_times(path))
+
+
+def user_and_system_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of process `pid`: in user space (for a launcher: its own Python)
+    and in the kernel (syscalls, and KVM_RUN, where a kvm_pvm host emulates guest code)."""
+    user, system = _times(f"/proc/{pid}/stat")
+    return user / _CLK, system / _CLK
 
 
 def _children(pid: int) -> list[int]:
