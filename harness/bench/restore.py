@@ -65,16 +65,6 @@ def memory_figures(pid: int, memory_file: Path) -> dict[str, float]:
     return figures
 
 
-def _restore_and_answer(directory: Path, log_dir: Path, name: str, warm: bool = True):
-    start = time.monotonic()
-    guest = restore(directory, log_dir, name, warm=warm)
-    result = guest.run("echo $((6*7))", timeout=300)
-    elapsed = time.monotonic() - start
-    if result.status != 0 or result.output.strip() != "42":
-        raise RuntimeError(f"restored guest answered {result.output!r} (status {result.status})")
-    return guest, Timed(elapsed, *user_and_system_cpu(guest.child.pid))
-
-
 @dataclass(frozen=True)
 class Timed:
     wall: float
@@ -84,6 +74,16 @@ class Timed:
 
 def _median(runs: list[Timed], field: str) -> float:
     return statistics.median(getattr(run, field) for run in runs)
+
+
+def _restore_and_answer(directory: Path, log_dir: Path, name: str, warm: bool = True):
+    start = time.monotonic()
+    guest = restore(directory, log_dir, name, warm=warm)
+    result = guest.run("echo $((6*7))", timeout=300)
+    elapsed = time.monotonic() - start
+    if result.status != 0 or result.output.strip() != "42":
+        raise RuntimeError(f"restored guest answered {result.output!r} (status {result.status})")
+    return guest, Timed(elapsed, *user_and_system_cpu(guest.child.pid))
 
 
 def _sum(figures: list[dict[str, float]]) -> dict[str, float]:
@@ -135,12 +135,13 @@ def main(args) -> int:
         for guest in crowd:
             _stop(guest)
 
-    warm, cold_runs = [t.wall for t in times[True]], times[False]
-    print(f"restore -> first answered command: median {statistics.median(warm):.3f} s of {runs} (min "
-          f"{min(warm):.3f}, max {max(warm):.3f}; target <= 0.5 s) forked by the harness's restore server; "
-          f"{_median(cold_runs, 'wall'):.3f} s as `lguest-harness restore` (a new Python each); cold boot -> "
-          f"ready {cold:.1f} s in the same run ({cold / statistics.median(warm):.0f}x)")
-    for label, timed in (("forked", times[True]), ("as a command", cold_runs)):
+    forked, command = times[True], times[False]
+    walls, median = [t.wall for t in forked], _median(forked, "wall")
+    print(f"restore -> first answered command: median {median:.3f} s of {runs} (min "
+          f"{min(walls):.3f}, max {max(walls):.3f}; target <= 0.5 s) forked by the harness's restore server; "
+          f"{_median(command, 'wall'):.3f} s as `lguest-harness restore` (a new Python each); cold boot -> "
+          f"ready {cold:.1f} s in the same run ({cold / median:.0f}x)")
+    for label, timed in (("forked", forked), ("as a command", command)):
         print(f"launcher CPU to the answer, {label}: user {_median(timed, 'user'):.2f} s (our Python), "
               f"system {_median(timed, 'system'):.2f} s (kernel, KVM_RUN included) [medians]")
     print(f"{'':<24}{'RSS MB':>9}{'PSS MB':>9}{'guest-RAM PSS MB':>18}{'guest-RAM private MB':>22}")
